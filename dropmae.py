@@ -1,0 +1,711 @@
+"""DropMAE: a two-frame masked autoencoder with adaptive spatial-attention dropout (ASAD).
+
+Reference implementation of Wu et al., "DropMAE: Masked Autoencoders with Spatial-Attention
+Dropout for Tracking Tasks" (CVPR 2023). The file reads bottom-up: configuration, the small
+ViT pieces, ASAD, the block, the encoder that every downstream task uses, the two-frame MAE,
+checkpoint import, and last the `pretrain` command.
+
+State-dict keys are those of the official model (github jimmy-dq/DropMAE, `models_mae.py`), so
+`torch.load(official_ckpt)["model"]` loads into `DropMAE` with `strict=True`.
+
+Frame naming, as in the official code: `x` is the earlier frame and `z` the later one in
+pre-training. Each frame adds the same spatial sin-cos table plus its own learned frame vector
+(`temporal_pos_embed_x` / `temporal_pos_embed_z`). Downstream tasks choose which vector goes
+to which input (DropTrack puts `_z` on the template and `_x` on the search region).
+
+Commands:
+    python dropmae.py pretrain --model tiny --data synthetic --epochs 2          # CPU smoke run
+    torchrun --nproc_per_node=8 --nnodes=8 --node_rank=$RANK --master_addr=$ADDR \\
+        dropmae.py pretrain --model base --data k400 --data-path /data/k400/train \\
+        --batch-size 64 --epochs 400 --P 0.1                                    # the paper
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    """Model shape and the two method knobs (P and norm_pix_loss)."""
+    img_size: int = 224            # pre-training input side; fixes the stored position table
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    norm_pix_loss: bool = True
+    P: float = 0.1                 # ASAD dropout ratio; 0 gives TwinMAE
+    drop_path: float = 0.0         # stochastic depth of the encoder (0 in pre-training)
+
+
+PRESETS = {
+    # tiny: 6x6 patches per frame, runs a training step in milliseconds on a CPU.
+    "tiny": Config(img_size=96, embed_dim=96, depth=4, num_heads=3,
+                   decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
+    "base": Config(),                                                  # mae_vit_base_patch16
+    "large": Config(embed_dim=1024, depth=24, num_heads=16),          # mae_vit_large_patch16
+    "huge": Config(patch_size=14, embed_dim=1280, depth=32, num_heads=16),  # mae_vit_huge_patch14
+}
+
+
+def get_config(name: str, **overrides) -> Config:
+    """A named preset, with fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Small ViT pieces
+# --------------------------------------------------------------------------------------------
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table, as MAE's `get_2d_sincos_pos_embed`.
+
+    The first half of the channels encodes the column (x) coordinate and the second half the row
+    (y) coordinate, each as [sin, cos] over dim/4 frequencies 1/10000^(k/(dim/4)). Computed in
+    float64 and cast to float32, as the official numpy code. Returns (1, [1 +] grid_h*grid_w, dim);
+    with `cls_token` a zero row 0 is prepended (the official tables keep that unused slot).
+    """
+    assert dim % 4 == 0, "sin-cos embedding needs dim divisible by 4"
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))   # (dim/4,)
+
+    def one_axis(pos):                                                  # (M,) -> (M, dim/2)
+        out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    cols, rows = np.meshgrid(np.arange(grid_w), np.arange(grid_h))     # each (grid_h, grid_w)
+    table = np.concatenate([one_axis(cols), one_axis(rows)], axis=1)   # (h*w, dim)
+    if cls_token:
+        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+    return torch.from_numpy(table).float().unsqueeze(0)
+
+
+def resize_pos_embed(table: torch.Tensor, new_hw: tuple[int, int],
+                     old_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """Resize a (1, h*w, D) spatial table to (1, H*W, D), bicubic, align_corners=False.
+
+    This is how OSTrack and DropSeg adapt the 14x14 pre-training table to 12x12, 24x24 or any
+    480p grid. `old_hw` defaults to a square grid. The table must not hold a cls row.
+    """
+    n, dim = table.shape[1], table.shape[2]
+    if old_hw is None:
+        side = int(round(math.sqrt(n)))
+        if side * side != n:
+            raise ValueError(f"cannot infer a square grid from {n} position rows; pass old_hw")
+        old_hw = (side, side)
+    if tuple(new_hw) == tuple(old_hw):
+        return table
+    grid = table.reshape(1, old_hw[0], old_hw[1], dim).permute(0, 3, 1, 2)   # (1, D, h, w)
+    grid = F.interpolate(grid, size=tuple(new_hw), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_hw[0] * new_hw[1], dim)
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens with one strided conv; any image size divisible by the patch."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        return h // p, w // p
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/p * W/p, D), row-major patch order."""
+        self.grid(img.shape[-2], img.shape[-1])
+        return self.proj(img).flatten(2).transpose(1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability p."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# ASAD: adaptive spatial-attention dropout
+# --------------------------------------------------------------------------------------------
+
+def asad_num_drops(L: int, p: float) -> int:
+    """K = int(p * (L/2 - 1)) * L, the number of logits ASAD drops per (sample, head)."""
+    return int(p * (L // 2 - 1)) * L
+
+
+@torch.no_grad()
+def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Positions ASAD drops, True = dropped. (..., L, L) logits -> (..., L, L) bool.
+
+    Frame x holds tokens 0..L/2-1 and frame z tokens L/2..L-1. With A = softmax(logits):
+      f_tem(i) = max_j A[i, j] over keys j of the other frame, + 1e-6   (temporal matching prob.)
+      s(i, j)  = A[i, j] + 1e-6 over keys j of i's own frame, 0 for j = i, normalised to sum 1
+      W[i, j]  = f_tem(i) * s(i, j), an (L x L/2) matrix per (sample, head)
+    and K = int(p * (L/2 - 1)) * L positions are drawn without replacement from the whole W
+    matrix with probability proportional to W: the law of the official
+    `torch.multinomial(W.flatten(), K, replacement=False)`, which loops over batch x heads.
+
+    Vectorised with the exponential race (Efraimidis-Spirakis, or Gumbel top-k): with
+    independent E ~ Exp(1), the K largest keys W / E are a draw of that law, since E / W is
+    Exp(rate W) and the first of independent exponential clocks is j with probability
+    W_j / sum(W), recursively. We keep the negated keys W / log(U) = -W / E (U uniform) and take
+    the K smallest; the diagonal gets key 0, above every other key, so it is never drawn.
+    No gradient flows: everything comes from detached logits.
+    """
+    L = logits.shape[-1]
+    if L % 2:
+        raise ValueError(f"ASAD needs two frames of equal length; got L = {L}")
+    h = L // 2
+    k = asad_num_drops(L, p)
+    drop = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    if k == 0:
+        return drop
+    attn = logits.detach().float().softmax(dim=-1).add_(1e-6)                 # A + 1e-6
+    xx, zz = attn[..., :h, :h], attn[..., h:, h:]                             # same-frame blocks
+    f_tem = torch.cat([attn[..., :h, h:].amax(-1), attn[..., h:, :h].amax(-1)], dim=-1)  # (..., L)
+    rows = torch.arange(L, device=logits.device)
+    norm = torch.cat([xx.sum(-1), zz.sum(-1)], dim=-1) - attn[..., rows, rows]           # (..., L)
+    keys = torch.rand(logits.shape[:-1] + (h,), generator=generator, device=logits.device)
+    keys.log_().reciprocal_()                                                 # -1 / E, (..., L, h)
+    keys[..., :h, :].mul_(xx)
+    keys[..., h:, :].mul_(zz)
+    keys.mul_((f_tem / norm).unsqueeze(-1))                                   # -W / E
+    keys[..., rows, rows % h] = 0.0                                           # the diagonal
+    chosen = torch.topk(keys.flatten(-2), k, dim=-1, largest=False, sorted=False).indices
+    same = torch.zeros(keys.shape[:-2] + (L * h,), dtype=torch.bool, device=logits.device)
+    same = same.scatter_(-1, chosen, True).view(keys.shape)                   # (..., L, h)
+    drop[..., :h, :h] = same[..., :h, :]
+    drop[..., h:, h:] = same[..., h:, :]
+    return drop
+
+
+# --------------------------------------------------------------------------------------------
+# Attention and block
+# --------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head self-attention (timm key names: qkv, proj), with optional ASAD.
+
+    With `drop_p > 0` the ASAD mask is drawn from the detached logits and applied as -inf before
+    the softmax (the official `Attention_Dec`); the attention itself then runs through
+    `F.scaled_dot_product_attention` with that additive mask (a float mask: on CPU it is
+    faster than a boolean one), so autograd never stores the logits twice. `return_attn=True` computes the softmax explicitly and also returns it (B, h, N, N).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        assert dim % num_heads == 0
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, drop_p: float = 0.0, return_attn: bool = False):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        bias = None                                                           # (B, h, N, N)
+        if drop_p > 0:
+            with torch.no_grad():
+                logits = (q @ k.transpose(-2, -1)) * self.scale
+                drop = asad_mask(logits, drop_p)
+                bias = logits.zero_().masked_fill_(drop, float("-inf"))       # reuse the buffer
+        if return_attn:
+            logits = (q @ k.transpose(-2, -1)) * self.scale
+            attn = (logits if bias is None else logits + bias).softmax(dim=-1)
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)     # (B, h, N, hd)
+        out = self.proj(out.transpose(1, 2).reshape(B, N, C))
+        return (out, attn) if return_attn else out
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, drop_p: float = 0.0, return_attn: bool = False):
+        if return_attn:
+            y, attn = self.attn(self.norm1(x), drop_p, return_attn=True)
+        else:
+            y, attn = self.attn(self.norm1(x), drop_p), None
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return (x, attn) if return_attn else x
+
+
+def init_vit_weights(module: nn.Module):
+    """MAE's init: Linear xavier-uniform with zero bias, LayerNorm (1, 0)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder: the piece every downstream task uses
+# --------------------------------------------------------------------------------------------
+
+FRAME_IDS = ("x", "z")
+
+
+class ViTEncoder(nn.Module):
+    """The DropMAE encoder: patch embedding, fixed sin-cos table, two frame vectors, blocks, norm.
+
+    Keys: `patch_embed.proj.*`, `pos_embed` (1, 1 + g*g, D; row 0 the unused cls slot, not
+    trained), `temporal_pos_embed_x`, `temporal_pos_embed_z` (1, 1, D), `blocks.{i}.*`, `norm.*`
+    (the encoder subset of the official checkpoint).
+
+    Downstream use: `embed(img, frame)` gives tokens for any image size (the table is resized
+    bicubically to the image's grid, as OSTrack does); `forward_tokens` runs the blocks jointly on
+    any concatenation of frames; `forward(img_a, img_b, ..., frames=("z", "x"))` does both.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.grid_size = (cfg.img_size // cfg.patch_size,) * 2
+        table = sincos_pos_embed_2d(cfg.embed_dim, *self.grid_size, cls_token=True)
+        self.pos_embed = nn.Parameter(table, requires_grad=False)             # fixed, as official
+        self.temporal_pos_embed_x = nn.Parameter(torch.randn(1, 1, cfg.embed_dim))   # std 1
+        self.temporal_pos_embed_z = nn.Parameter(torch.randn(1, 1, cfg.embed_dim))
+        dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, dpr[i])
+                                    for i in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self._init_encoder()
+
+    def _init_encoder(self):
+        for m in self.modules():
+            init_vit_weights(m)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))                       # like a Linear
+
+    def spatial_pos_embed(self, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """The sin-cos table (cls row dropped) resized to grid_hw: (1, gh*gw, D)."""
+        return resize_pos_embed(self.pos_embed[:, 1:], grid_hw, self.grid_size)
+
+    def frame_embed(self, frame: str | None) -> torch.Tensor | float:
+        """The learned frame vector (1, 1, D) for frame 'x' or 'z'; 0 for None."""
+        if frame is None:
+            return 0.0
+        if frame not in FRAME_IDS:
+            raise ValueError(f"frame must be 'x', 'z' or None, not {frame!r}")
+        return self.temporal_pos_embed_x if frame == "x" else self.temporal_pos_embed_z
+
+    def embed(self, img: torch.Tensor, frame: str | None = "x") -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/p * W/p, D): patches + resized spatial table + frame vector."""
+        grid = self.patch_embed.grid(img.shape[-2], img.shape[-1])
+        return self.patch_embed(img) + self.spatial_pos_embed(grid) + self.frame_embed(frame)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D): all blocks (joint attention over every token), then norm."""
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens)
+
+    def forward(self, *imgs: torch.Tensor, frames: tuple[str | None, ...] | None = None) -> torch.Tensor:
+        """Encode one or more frames jointly. Returns (B, sum_i N_i, D), tokens in input order.
+
+        `frames` names the frame vector per input; the default is ('x', 'z')[:len(imgs)].
+        """
+        if frames is None:
+            frames = FRAME_IDS[:len(imgs)]
+        if len(frames) != len(imgs):
+            raise ValueError("give one frame id per image")
+        tokens = torch.cat([self.embed(img, f) for img, f in zip(imgs, frames)], dim=1)
+        return self.forward_tokens(tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# The two-frame masked autoencoder (TwinMAE when P = 0, DropMAE when P > 0)
+# --------------------------------------------------------------------------------------------
+
+class DropMAE(ViTEncoder):
+    """Two-frame MAE. The encoder keys sit at the top level (it subclasses ViTEncoder), the
+    decoder adds `decoder_embed`, `mask_token`, `decoder_pos_embed`,
+    `decoder_temporal_pos_embed_{x,z}`, `decoder_blocks.{i}`, `decoder_norm`, `decoder_pred`.
+
+    ASAD runs in every decoder block while training (like dropout, it is off in eval mode, so
+    analysis and reconstruction see the full attention).
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        d = cfg.decoder_embed_dim
+        self.decoder_embed = nn.Linear(cfg.embed_dim, d)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        table = sincos_pos_embed_2d(d, *self.grid_size, cls_token=True)
+        self.decoder_pos_embed = nn.Parameter(table, requires_grad=False)
+        self.decoder_temporal_pos_embed_x = nn.Parameter(torch.randn(1, 1, d))
+        self.decoder_temporal_pos_embed_z = nn.Parameter(torch.randn(1, 1, d))
+        self.decoder_blocks = nn.ModuleList(Block(d, cfg.decoder_num_heads, cfg.mlp_ratio)
+                                            for _ in range(cfg.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(d, eps=1e-6)
+        self.decoder_pred = nn.Linear(d, cfg.patch_size ** 2 * cfg.in_chans)
+        for m in [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]:
+            m.apply(init_vit_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, p*p*3), pixels of a patch in (row, col, channel) order."""
+        p = self.cfg.patch_size
+        B, C, H, W = imgs.shape
+        x = imgs.reshape(B, C, H // p, p, W // p, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(B, (H // p) * (W // p), p * p * C)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, p*p*3) -> (B, 3, H, W) for the pre-training grid."""
+        p, (gh, gw), C = self.cfg.patch_size, self.grid_size, self.cfg.in_chans
+        x = x.reshape(x.shape[0], gh, gw, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, gh * p, gw * p)
+
+    @staticmethod
+    def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        """MAE's per-sample shuffle: keep the tokens with the smallest noise.
+
+        x: (B, L, D); noise: (B, L) in [0, 1) or None. Returns the kept tokens (B, L_keep, D)
+        in shuffled order, mask (B, L) with 0 = kept and 1 = removed, in original order, and
+        ids_restore (B, L) that unshuffles. Here L spans both frames, so the masking is joint.
+        """
+        B, L, D = x.shape
+        len_keep = int(L * (1 - mask_ratio))
+        if noise is None:
+            noise = torch.rand(B, L, device=x.device)
+        ids_shuffle = torch.argsort(noise, dim=1)                             # ascend: small kept
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]
+        x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
+        mask = torch.ones(B, L, device=x.device)
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        return x_kept, mask, ids_restore
+
+    def forward_encoder(self, img_x, img_z, mask_ratio: float, noise=None):
+        """Both frames (B, 3, H, W) -> kept tokens (B, L_keep, D), mask (B, 2N), ids_restore."""
+        tokens = torch.cat([self.embed(img_x, "x"), self.embed(img_z, "z")], dim=1)   # (B, 2N, D)
+        tokens, mask, ids_restore = self.random_masking(tokens, mask_ratio, noise)
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens), mask, ids_restore
+
+    def forward_decoder(self, latent, ids_restore, return_attn: bool = False):
+        """(B, L_keep, D) -> pixel predictions (B, 2N, p*p*3) [, per-layer attention list]."""
+        x = self.decoder_embed(latent)                                        # (B, L_keep, d)
+        B, L = ids_restore.shape
+        mask_tokens = self.mask_token.expand(B, L - x.shape[1], -1)
+        x = torch.cat([x, mask_tokens], dim=1)
+        x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
+        n = L // 2
+        pos = self.decoder_pos_embed[:, 1:]
+        x = torch.cat([x[:, :n] + pos + self.decoder_temporal_pos_embed_x,
+                       x[:, n:] + pos + self.decoder_temporal_pos_embed_z], dim=1)
+        drop_p = self.cfg.P if self.training else 0.0
+        attns = []
+        for blk in self.decoder_blocks:
+            if return_attn:
+                x, attn = blk(x, drop_p, return_attn=True)
+                attns.append(attn)
+            else:
+                x = blk(x, drop_p)
+        pred = self.decoder_pred(self.decoder_norm(x))
+        return (pred, attns) if return_attn else pred
+
+    def forward_loss(self, img_x, img_z, pred, mask):
+        """Mean squared error on the removed patches of both frames (per-patch normalised)."""
+        target = torch.cat([self.patchify(img_x), self.patchify(img_z)], dim=1)   # (B, 2N, ppc)
+        if self.cfg.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)                            # unbiased, as MAE
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        loss = ((pred.float() - target) ** 2).mean(dim=-1)                    # (B, 2N)
+        return (loss * mask).sum() / mask.sum()
+
+    def forward(self, img_x, img_z, mask_ratio: float = 0.75, noise=None):
+        """img_x, img_z: (B, 3, H, W), x the earlier frame. Returns (loss, pred (B, 2N, ppc),
+        mask (B, 2N)). `noise` (B, 2N) fixes the joint masking (argsort, as MAE)."""
+        latent, mask, ids_restore = self.forward_encoder(img_x, img_z, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.forward_loss(img_x, img_z, pred, mask), pred, mask
+
+    @torch.no_grad()
+    def decoder_attention(self, img_x, img_z, mask_ratio: float = 0.75, noise=None) -> list[torch.Tensor]:
+        """Per decoder layer, the attention maps (B, heads, 2N, 2N) for the paper's analysis."""
+        latent, _, ids_restore = self.forward_encoder(img_x, img_z, mask_ratio, noise)
+        return self.forward_decoder(latent, ids_restore, return_attn=True)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint import
+# --------------------------------------------------------------------------------------------
+#
+# One loader for three sources, each with its key table:
+#   | source                          | detected by                  | vs. our encoder / DropMAE      |
+#   |---------------------------------|------------------------------|--------------------------------|
+#   | official DropMAE pre-training   | `temporal_pos_embed_x` key   | identical names; into an        |
+#   |   `{"model": sd, ...}`          |                              | encoder, decoder_* and          |
+#   |                                 |                              | mask_token are dropped          |
+#   | MAE ImageNet (`mae_pretrain_*`) | `cls_token` key              | cls_token dropped (no cls       |
+#   |                                 |                              | here); the frame vectors are    |
+#   |                                 |                              | missing: they keep their init   |
+#   | ours (`pretrain` checkpoints)   | a `config` entry             | identical names                 |
+# Anything else missing or unexpected is an error that names the file and the keys.
+
+def _read_checkpoint(src) -> tuple[dict, dict, str]:
+    """Path or dict -> (state_dict, whole checkpoint, source name)."""
+    if isinstance(src, dict):
+        ckpt, name = src, "<state dict>"
+    else:
+        name = str(src)
+        try:
+            ckpt = torch.load(name, map_location="cpu", weights_only=True)
+        except Exception as err:                          # official files pickle argparse.Namespace
+            if "weights_only" not in str(err) and "Unsupported global" not in str(err):
+                raise RuntimeError(f"{name}: cannot read checkpoint: {err}") from err
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ckpt = torch.load(name, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{name}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    state = ckpt.get("model", ckpt)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{name}: no state dict found (expected a 'model' entry of tensors)")
+    return state, ckpt, name
+
+
+def checkpoint_kind(state: dict, ckpt: dict) -> str:
+    """'ours', 'dropmae' or 'mae' (see the key table above)."""
+    if "config" in ckpt:
+        return "ours"
+    if "temporal_pos_embed_x" in state:
+        return "dropmae"
+    if "cls_token" in state:
+        return "mae"
+    raise ValueError("unrecognised checkpoint: neither DropMAE keys (temporal_pos_embed_x) nor "
+                     f"MAE keys (cls_token); first keys: {list(state)[:5]}")
+
+
+def load_pretrained(src, model: nn.Module, expect_missing=(), expect_unexpected=(),
+                    verbose: bool = True) -> dict:
+    """Load a DropMAE, MAE or our checkpoint into a ViTEncoder or DropMAE (or a subclass).
+
+    `expect_missing` / `expect_unexpected` name further keys the caller expects (a task's new
+    parameters, say); every other difference from the key table raises. Shapes are asserted.
+    Returns a report {kind, loaded, missing, dropped} and prints it when `verbose`.
+    """
+    state, ckpt, name = _read_checkpoint(src)
+    kind = checkpoint_kind(state, ckpt)
+    own = model.state_dict()
+    decoder = {k for k in state if k.startswith("decoder_") or k == "mask_token"}
+    allowed_unexpected = set(expect_unexpected)
+    allowed_missing = set(expect_missing)
+    if not isinstance(model, DropMAE):
+        allowed_unexpected |= decoder                     # encoders drop the decoder
+    if kind == "mae":
+        allowed_unexpected.add("cls_token")
+        allowed_missing |= {"temporal_pos_embed_x", "temporal_pos_embed_z"}
+        if isinstance(model, DropMAE):                   # MAE has no decoder frame vectors; an
+            allowed_missing |= {k for k in own if k.startswith("decoder_") or k == "mask_token"}
+            allowed_missing -= decoder                    # encoder-only file has no decoder
+            allowed_missing |= {"decoder_temporal_pos_embed_x", "decoder_temporal_pos_embed_z"}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_missing = [k for k in missing if k not in allowed_missing]
+    bad_unexpected = [k for k in unexpected if k not in allowed_unexpected]
+    if bad_missing or bad_unexpected:
+        raise KeyError(f"{name} ({kind} checkpoint) does not match {type(model).__name__}: "
+                       f"missing {bad_missing[:10]}{' ...' if len(bad_missing) > 10 else ''}, "
+                       f"unexpected {bad_unexpected[:10]}{' ...' if len(bad_unexpected) > 10 else ''}")
+    loaded = {k: v for k, v in state.items() if k in own}
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in loaded.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"{name}: shape mismatch (another model size?): " + "; ".join(wrong[:5]))
+    model.load_state_dict(loaded, strict=False)           # every difference was checked above
+    report = {"kind": kind, "loaded": len(loaded), "missing": missing, "dropped": unexpected}
+    if verbose:
+        print(f"loaded {len(loaded)} tensors from {name} ({kind}); "
+              f"dropped {len(unexpected)} ({', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}); "
+              f"missing, kept at init: {missing if missing else 'none'}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Run infrastructure shared by every training command (pretrain here, tasks/ import it)
+# --------------------------------------------------------------------------------------------
+
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """Join the torchrun process group if its environment is set; else one process.
+
+    Returns (rank, world_size, local_rank, device). NCCL when CUDA is present, gloo on CPU.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+            torch.distributed.init_process_group("nccl", device_id=device)
+        else:
+            device = torch.device("cpu")
+            torch.distributed.init_process_group("gloo")
+        return rank, world, local_rank, device
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return 0, 1, 0, device
+
+
+def is_main() -> bool:
+    """True on rank 0 (or without a process group): the only rank that prints and saves."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment_info() -> dict:
+    """Versions and hardware, for the run folder."""
+    import av
+    import PIL
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+            "pillow": PIL.__version__, "av": av.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda, "gpus": []}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def make_run_dir(out_dir, config: dict) -> Path:
+    """Create the self-describing run folder (rank 0 writes; every rank gets the path).
+
+    Writes `config.json` (the resolved config and the command line), `git.txt` (commit and
+    `git status`), `git.diff` (the uncommitted diff) and `env.json` (versions, hardware).
+    """
+    run = Path(out_dir)
+    if is_main():
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps({**config, "argv": sys.argv}, indent=2, default=str))
+        (run / "git.txt").write_text(f"commit {_git('rev-parse', 'HEAD').strip()}\n"
+                                     + _git("status", "--short"))
+        (run / "git.diff").write_text(_git("diff", "HEAD"))
+        (run / "env.json").write_text(json.dumps(environment_info(), indent=2))
+    return run
+
+
+class JsonlLogger:
+    """One JSON object per line in `<run>/log.jsonl`; a no-op off rank 0."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / "log.jsonl"
+
+    def log(self, **record):
+        if is_main():
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, default=float) + "\n")
+
+
+def save_checkpoint(path, state: dict):
+    """Write atomically on rank 0: a temp file in the same folder, then rename over `path`.
+
+    A crash while writing leaves the previous checkpoint intact.
+    """
+    if not is_main():
+        return
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(out_dir, pattern: str = "checkpoint-*.pth") -> Path | None:
+    """The checkpoint with the highest number in out_dir (`checkpoint-<epoch>.pth`), or None."""
+    def number(p: Path) -> int:
+        digits = "".join(c for c in p.stem.rsplit("-", 1)[-1] if c.isdigit())
+        return int(digits) if digits else -1
+    found = sorted(Path(out_dir).glob(pattern), key=number)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict:
+    """Every random generator's state, as tensors and plain types (loads with weights_only)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2],
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
