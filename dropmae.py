@@ -181,8 +181,8 @@ def asad_num_drops(L: int, p: float) -> int:
 
 
 @torch.no_grad()
-def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Positions ASAD drops, True = dropped. (..., L, L) logits -> (..., L, L) bool.
+def asad_drop_indices(logits: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The positions ASAD drops, as flat indices into the last two dims. (..., L, L) -> (..., K).
 
     Frame x holds tokens 0..L/2-1 and frame z tokens L/2..L-1. With A = softmax(logits):
       f_tem(i) = max_j A[i, j] over keys j of the other frame, + 1e-6   (temporal matching prob.)
@@ -204,9 +204,6 @@ def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None 
         raise ValueError(f"ASAD needs two frames of equal length; got L = {L}")
     h = L // 2
     k = asad_num_drops(L, p)
-    drop = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-    if k == 0:
-        return drop
     attn = logits.detach().float().softmax(dim=-1).add_(1e-6)                 # A + 1e-6
     xx, zz = attn[..., :h, :h], attn[..., h:, h:]                             # same-frame blocks
     f_tem = torch.cat([attn[..., :h, h:].amax(-1), attn[..., h:, :h].amax(-1)], dim=-1)  # (..., L)
@@ -219,11 +216,24 @@ def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None 
     keys.mul_((f_tem / norm).unsqueeze(-1))                                   # -W / E
     keys[..., rows, rows % h] = 0.0                                           # the diagonal
     chosen = torch.topk(keys.flatten(-2), k, dim=-1, largest=False, sorted=False).indices
-    same = torch.zeros(keys.shape[:-2] + (L * h,), dtype=torch.bool, device=logits.device)
-    same = same.scatter_(-1, chosen, True).view(keys.shape)                   # (..., L, h)
-    drop[..., :h, :h] = same[..., :h, :]
-    drop[..., h:, h:] = same[..., h:, :]
-    return drop
+    row, col = chosen // h, chosen % h                                        # in the (L, h) matrix
+    return row * L + col + (row >= h) * h                                     # into the (L, L) one
+
+
+@torch.no_grad()
+def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Positions ASAD drops, True = dropped. (..., L, L) logits -> (..., L, L) bool.
+
+    Exactly K = int(p * (L/2 - 1)) * L drops per (sample, head), drawn as `asad_drop_indices`
+    describes; never on the diagonal, never across frames.
+    """
+    if logits.shape[-1] % 2:
+        raise ValueError(f"ASAD needs two frames of equal length; got L = {logits.shape[-1]}")
+    drop = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    if asad_num_drops(logits.shape[-1], p) == 0:
+        return drop
+    idx = asad_drop_indices(logits, p, generator)
+    return drop.flatten(-2).scatter_(-1, idx, True).view(logits.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +246,8 @@ class Attention(nn.Module):
     With `drop_p > 0` the ASAD mask is drawn from the detached logits and applied as -inf before
     the softmax (the official `Attention_Dec`); the attention itself then runs through
     `F.scaled_dot_product_attention` with that additive mask (a float mask: on CPU it is
-    faster than a boolean one), so autograd never stores the logits twice. `return_attn=True` computes the softmax explicitly and also returns it (B, h, N, N).
+    faster than a boolean one), so autograd never stores the logits twice. `return_attn=True`
+    computes the softmax explicitly and also returns it (B, h, N, N).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
@@ -254,8 +265,8 @@ class Attention(nn.Module):
         if drop_p > 0:
             with torch.no_grad():
                 logits = (q @ k.transpose(-2, -1)) * self.scale
-                drop = asad_mask(logits, drop_p)
-                bias = logits.zero_().masked_fill_(drop, float("-inf"))       # reuse the buffer
+                idx = asad_drop_indices(logits, drop_p)                       # (B, h, K)
+                bias = logits.zero_().flatten(-2).scatter_(-1, idx, float("-inf")).view(logits.shape)
         if return_attn:
             logits = (q @ k.transpose(-2, -1)) * self.scale
             attn = (logits if bias is None else logits + bias).softmax(dim=-1)
@@ -709,3 +720,354 @@ def set_rng_state(state: dict):
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-training command
+# --------------------------------------------------------------------------------------------
+#
+# `python dropmae.py pretrain ...` runs one process (CPU or one GPU); under `torchrun` the same
+# code runs DDP, one process per GPU. Flags and defaults are the official recipe
+# (DM:README.md launch line, main_pretrain_kinetics.py, engine_pretrain.py, util/lr_sched.py):
+#   batch 64 per GPU, lr = blr * (batch * accum_iter * world) / 256 with blr 1.5e-4,
+#   AdamW (0.9, 0.95), weight decay 0.05 (see `param_groups`), 40 warmup epochs then half-cycle
+#   cosine per iteration on the fractional epoch (`lr_at`), 400 epochs, mask ratio 0.75, P 0.1,
+#   frame gap 50, norm_pix_loss on, mixed precision, no gradient clipping, a checkpoint every
+#   20 epochs (epoch % 20 == 0) and at the last one, a non-finite loss stops the run.
+# Our additions: the masking noise of each sample is a pure function of (seed, epoch, sample
+# index) (`mask_noise`), so neither a resume nor the number of processes changes the masks;
+# every checkpoint also holds `step`, the model `config` and every rank's RNG state; the
+# non-finite check runs on the all-reduced loss, so every rank stops together; skipped videos
+# are reported once per epoch.
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `pretrain` flags; defaults are the official DropMAE recipe (ViT-B, K400, 64 GPUs)."""
+    from data import PRESETS as DATA_PRESETS
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="base", choices=list(PRESETS), help="size preset")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="frame side in pixels (default: the preset's img_size; 224 for base)")
+    g.add_argument("--P", type=float, default=0.1, help="ASAD dropout ratio; 0 gives TwinMAE")
+    g.add_argument("--mask-ratio", type=float, default=0.75, help="joint over both frames")
+    g.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=64, help="per process (per GPU)")
+    g.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--epochs", type=int, default=400)
+    g.add_argument("--warmup-epochs", type=float, default=40)
+    g.add_argument("--blr", type=float, default=1.5e-4, help="lr = blr * effective batch / 256")
+    g.add_argument("--lr", type=float, default=None, help="absolute peak lr (overrides --blr)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None,
+                   help="mixed precision (default: bf16 on a GPU that has it, else fp16; off on CPU)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="k400", choices=DATA_PRESETS, help="dataset layout (data.py)")
+    g.add_argument("--data-path", default=None, help="dataset root (not for synthetic)")
+    g.add_argument("--index-cache", default=None,
+                   help="video index cache (default: <output>/video_index.json)")
+    g.add_argument("--num-synthetic", type=int, default=256, help="videos of --data synthetic")
+    g.add_argument("--frame-gap", type=int, default=50, help="pair gap in 1..frame_gap-1 frames")
+    g.add_argument("--num-workers", type=int, default=8, help="data loader processes per rank")
+    g = p.add_argument_group("run")
+    g.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints")
+    g.add_argument("--seed", type=int, default=0, help="rank r seeds torch/numpy with seed + r")
+    g.add_argument("--save-every", type=int, default=20, help="checkpoint when epoch %% N == 0")
+    g.add_argument("--resume", default="", help="'auto' (latest checkpoint in --output) or a path")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many iterations in all (smoke runs); saves a checkpoint")
+    g.add_argument("--log-every", type=int, default=20, help="iterations between log.jsonl lines")
+    g.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is present")
+    g.add_argument("--debug-nan-at-step", type=int, default=None,
+                   help="(testing) make the loss NaN at this iteration to exercise the stop")
+    return p
+
+
+def lr_at(epoch: float, args) -> float:
+    """Learning rate at a fractional epoch (MAE's `util/lr_sched.adjust_learning_rate`).
+
+    Linear warmup from 0 to `args.lr` over `args.warmup_epochs`, then a half-cycle cosine from
+    `args.lr` to `args.min_lr` at `args.epochs`: min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2,
+    t = (epoch - warmup) / (epochs - warmup). `epoch` = epoch + iteration / iterations_per_epoch.
+    """
+    if epoch < args.warmup_epochs:
+        return args.lr * epoch / args.warmup_epochs
+    t = (epoch - args.warmup_epochs) / max(args.epochs - args.warmup_epochs, 1e-12)
+    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def param_groups(model: nn.Module, weight_decay: float, verbose: bool = True) -> list[dict]:
+    """AdamW parameter groups of the MAE / DropMAE pre-training recipe.
+
+    Reproduces timm 0.3.2 `optim_factory.add_weight_decay(model, weight_decay)` with no skip
+    list, as `main_pretrain_kinetics.py` calls it: a trainable tensor with ndim == 1 or a name
+    ending in `.bias` gets weight decay 0 (biases, LayerNorm weights); every other one gets
+    `weight_decay`, the 1x1xD tokens included (mask_token, the four temporal_pos_embed vectors).
+    Frozen tensors (the sin-cos tables pos_embed, decoder_pos_embed) are left out.
+    Returns [{no decay}, {decay}] (timm's order), each with a `names` list.
+    """
+    decay, no_decay, frozen = {}, {}, []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            frozen.append(name)
+        elif p.ndim == 1 or name.endswith(".bias"):
+            no_decay[name] = p
+        else:
+            decay[name] = p
+    if verbose:
+        count = lambda d: sum(p.numel() for p in d.values())
+        print(f"param groups (MAE/DropMAE pre-training: timm 0.3.2 add_weight_decay, no skip "
+              f"list): weight decay {weight_decay} on {len(decay)} tensors ({count(decay):,} "
+              f"params, tokens included); 0 on {len(no_decay)} 1-D/bias tensors "
+              f"({count(no_decay):,} params); frozen, not optimised: {', '.join(frozen) or 'none'}")
+    return [{"params": list(no_decay.values()), "names": list(no_decay), "weight_decay": 0.0},
+            {"params": list(decay.values()), "names": list(decay), "weight_decay": weight_decay}]
+
+
+def mask_noise(seed: int, epoch: int, indices, length: int) -> torch.Tensor:
+    """Uniform noise (B, length) for the joint random masking of the samples `indices`.
+
+    The official code draws torch.rand(B, L) on each GPU. The law here is the same (iid
+    uniform), but row b is a pure function of (seed, epoch, indices[b]), so the masks do not
+    depend on the number of processes, the per-process batch size or a resume.
+    """
+    rows = []
+    for i in indices:
+        state = np.random.SeedSequence([seed, epoch, int(i), 1]).generate_state(1, np.uint64)[0]
+        rows.append(torch.rand(length, generator=torch.Generator().manual_seed(int(state))))
+    return torch.stack(rows)
+
+
+def resolve_amp(requested: str | None, device: torch.device) -> str:
+    """'bf16' | 'fp16' | 'off': the default is bf16 on a GPU that supports it, else fp16; off on CPU."""
+    if requested is None:
+        if device.type != "cuda":
+            return "off"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a GPU (use bf16 or off on the CPU)")
+    return requested
+
+
+def _gather(obj, world: int) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (every rank gets the list)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def pretrain(args: argparse.Namespace) -> Path:
+    """Pre-train DropMAE (or TwinMAE with --P 0). Returns the run folder.
+
+    Order: config, distributed init, data, model, optimizer, resume, loop, save.
+    Logging step `step` is the global iteration index (0-based, over all epochs); a checkpoint's
+    `step` is the number of iterations done. `--max-steps` counts iterations (not updates).
+    """
+    from contextlib import nullcontext
+
+    from tqdm import tqdm
+
+    from data import FramePairDataset, collate_pairs, summarize_skipped
+
+    # ---- config and distributed init
+    rank, world, local_rank, device = init_distributed()
+    if args.cpu:
+        if world > 1 and device.type == "cuda":
+            raise ValueError("--cpu with torchrun on a GPU machine: set CUDA_VISIBLE_DEVICES= instead")
+        device = torch.device("cpu")
+    main_rank = rank == 0
+    say = print if main_rank else (lambda *a, **k: None)
+    if args.data != "synthetic" and not args.data_path:
+        raise ValueError(f"--data {args.data} needs --data-path (or use --data synthetic)")
+    overrides = {"P": args.P, "norm_pix_loss": args.norm_pix_loss}
+    if args.input_size is not None:
+        overrides["img_size"] = args.input_size
+    cfg = get_config(args.model, **overrides)
+    args.input_size = cfg.img_size
+    args.amp = resolve_amp(args.amp, device)
+    args.world_size = world
+    args.eff_batch = args.batch_size * args.accum_iter * world
+    if args.lr is None:
+        args.lr = args.blr * args.eff_batch / 256
+    config = {"config": dataclasses.asdict(cfg), "args": dict(vars(args))}
+    say(json.dumps(config, indent=2))
+    say(f"lr {args.lr:.4g} = blr {args.blr:.4g} x effective batch {args.eff_batch} / 256 "
+        f"(batch {args.batch_size} x accum {args.accum_iter} x {world} processes); "
+        f"device {device}, amp {args.amp}")
+    run = make_run_dir(args.output, config)
+    logger = JsonlLogger(run)
+    torch.manual_seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    random.seed(args.seed + rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    # ---- data (rank 0 indexes first and writes the cache; the others then read it)
+    def make_dataset():
+        cache = None if args.data == "synthetic" else (args.index_cache or str(run / "video_index.json"))
+        return FramePairDataset(args.data, args.data_path, frame_gap=args.frame_gap,
+                                input_size=cfg.img_size, cache_path=cache, seed=args.seed,
+                                num_synthetic=args.num_synthetic)
+    if world > 1 and not main_rank:
+        torch.distributed.barrier()
+    dataset = make_dataset()
+    if world > 1 and main_rank:
+        torch.distributed.barrier()
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                  shuffle=True, seed=args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
+                                         num_workers=args.num_workers, collate_fn=collate_pairs,
+                                         pin_memory=device.type == "cuda", drop_last=True)
+    iters = len(loader)
+    if iters == 0:
+        raise ValueError(f"{len(dataset)} videos give no full batch of {args.batch_size} per "
+                         f"process with {world} processes")
+    say(f"data: {args.data} {args.data_path or ''}: {len(dataset)} videos, {iters} iterations "
+        f"per epoch per process")
+
+    # ---- model and optimizer
+    model = DropMAE(cfg).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, verbose=main_rank),
+                                  lr=args.lr, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None)
+    amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+
+    # ---- resume
+    start_epoch, step = 0, 0
+    resume = latest_checkpoint(run) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    if args.resume == "auto" and resume is None:
+        say(f"--resume auto: no checkpoint in {run}, starting from scratch")
+    if resume is not None:
+        if not resume.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"], strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler.is_enabled() and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        rngs = ckpt.get("rng") or []
+        if len(rngs) == world:
+            set_rng_state(rngs[rank])
+        else:
+            say(f"checkpoint has RNG states of {len(rngs)} processes, this run has {world}: "
+                f"keeping the fresh seeds (ASAD draws will differ from an uninterrupted run)")
+        say(f"resumed from {resume}: epoch {ckpt['epoch']} done, {step} iterations; "
+            f"starting epoch {start_epoch}")
+
+    def save(epoch: int) -> Path:
+        """Every rank calls this (RNG states are gathered); rank 0 writes atomically."""
+        path = run / f"checkpoint-{epoch}.pth"
+        save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "epoch": epoch, "step": step, "scaler": scaler.state_dict(),
+                               "args": dict(vars(args)), "config": dataclasses.asdict(cfg),
+                               "rng": _gather(rng_state(), world)})
+        say(f"saved {path}")
+        return path
+
+    # ---- loop
+    global_batch = args.batch_size * world
+    stopped = False
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        net.train()
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        order = list(sampler)                          # this rank's sample indices, batch order
+        bar = tqdm(total=iters, desc=f"epoch {epoch}", disable=not main_rank, dynamic_ncols=True)
+        skipped_epoch, losses, lrs = [], [], []
+        t_epoch = t_log = t_fetch = time.perf_counter()
+        data_time, since_log, skipped_since_log = 0.0, 0, 0
+        for it, (img_x, img_z, skipped) in enumerate(loader):
+            data_time += time.perf_counter() - t_fetch
+            if it % args.accum_iter == 0:              # per update, on the fractional epoch
+                lr = lr_at(epoch + it / iters, args)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            indices = order[it * args.batch_size:(it + 1) * args.batch_size]
+            noise = mask_noise(args.seed, epoch, indices, 2 * model.num_patches).to(device)
+            img_x = img_x.to(device, non_blocking=True)
+            img_z = img_z.to(device, non_blocking=True)
+            update = (it + 1) % args.accum_iter == 0
+            with net.no_sync() if world > 1 and not update else nullcontext():
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp != "off"):
+                    loss, _, _ = net(img_x, img_z, args.mask_ratio, noise)
+                if args.debug_nan_at_step == step:
+                    loss = loss * float("nan")
+                local = loss.item()
+                stats = torch.tensor([local, len(skipped)], dtype=torch.float64, device=device)
+                if world > 1:
+                    torch.distributed.all_reduce(stats)   # sum over ranks
+                mean_loss, n_skipped = stats[0].item() / world, int(stats[1].item())
+                if not math.isfinite(mean_loss):
+                    if not math.isfinite(local):
+                        last = latest_checkpoint(run)
+                        print(f"non-finite loss {local} on rank {rank} at epoch {epoch}, step "
+                              f"{step} (iteration {it} of {iters}): stopping. Last good "
+                              f"checkpoint: {last if last else 'none yet'}", flush=True)
+                    raise SystemExit(1)
+                scaler.scale(loss / args.accum_iter).backward()
+            if update:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            skipped_epoch += skipped
+            losses.append(mean_loss)
+            lrs.append(lr)
+            since_log += 1
+            skipped_since_log += n_skipped
+            if step % args.log_every == 0 or it == iters - 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                logger.log(epoch=epoch, step=step, loss=mean_loss, lr=lr,
+                           samples_per_s=since_log * global_batch / (now - t_log),
+                           data_time_s=data_time / since_log, skipped=skipped_since_log)
+                t_log, data_time, since_log, skipped_since_log = now, 0.0, 0, 0
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+            bar.update()
+            step += 1
+            if args.max_steps is not None and step >= args.max_steps:
+                stopped = True
+                break
+            t_fetch = time.perf_counter()
+        bar.close()
+
+        # ---- end of epoch: skipped videos of every rank, the epoch line, the checkpoint
+        skipped_all = [s for part in _gather(skipped_epoch, world) for s in part]
+        summary = summarize_skipped(skipped_all)
+        say(f"epoch {epoch}: loss {np.mean(losses):.4f}, lr {np.mean(lrs):.4g}, "
+            f"{time.perf_counter() - t_epoch:.1f} s; {summary}")
+        logger.log(epoch=epoch, train_loss=float(np.mean(losses)), train_lr=float(np.mean(lrs)),
+                   iterations=len(losses), epoch_time_s=time.perf_counter() - t_epoch,
+                   skipped=len(skipped_all), skipped_videos=summary)
+        if stopped or epoch % args.save_every == 0 or epoch + 1 == args.epochs:
+            save(epoch)
+        if stopped:
+            say(f"--max-steps {args.max_steps} reached in epoch {epoch} (iteration {it + 1} of "
+                f"{iters}); `--resume auto` continues with epoch {epoch + 1}")
+            break
+    say(f"done: {step} iterations, {time.perf_counter() - t_start:.1f} s; run folder {run}")
+    return run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="dropmae.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_pretrain_args(sub.add_parser("pretrain", help="pre-train DropMAE / TwinMAE on videos"))
+    args = parser.parse_args(argv)
+    try:
+        pretrain(args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -99,3 +99,25 @@ def test_sampling_law_matches_multinomial_without_replacement():
     candidates = ref > 0
     assert ours[candidates].std() > 0.05                   # far from uniform 8/24 everywhere
     assert abs(ours.sum().item() - 8) < 1e-9               # exactly K per draw on average too
+
+
+def test_attention_with_asad_equals_the_explicit_masked_softmax():
+    """The decoder attention (SDPA with the additive ASAD mask) equals the official form:
+    logits, -inf at the drawn positions, softmax, times v; and dropped keys get zero weight."""
+    from dropmae import Attention
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    x = torch.randn(2, 20, 32)
+    torch.manual_seed(7)
+    out = attn(x, drop_p=0.3)
+    torch.manual_seed(7)
+    q, k, v = attn.qkv(x).reshape(2, 20, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    logits = (q @ k.transpose(-2, -1)) * attn.scale
+    drop = asad_mask(logits, 0.3)
+    probs = logits.masked_fill(drop, float("-inf")).softmax(-1)
+    expected = attn.proj((probs @ v).transpose(1, 2).reshape(2, 20, 32))
+    assert torch.allclose(out, expected, atol=1e-5)
+    torch.manual_seed(7)
+    _, maps = attn(x, drop_p=0.3, return_attn=True)       # the explicit path draws the same mask
+    assert torch.allclose(maps, probs, atol=1e-6)
+    assert (maps[drop] == 0).all() and drop.sum() == 2 * 4 * asad_num_drops(20, 0.3)
