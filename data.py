@@ -1,0 +1,762 @@
+"""Video frame-pair data for DropMAE pre-training (Kinetics-style raw videos, decoded with PyAV).
+
+One item = one video: two frames of it, the earlier `img_x` and the later `img_z`, drawn with the
+official pair rule (gap 1..frame_gap-1 decoded frames, always forward), each with its own
+RandomResizedCrop + horizontal flip + ImageNet normalisation. `len(dataset)` is the number of
+videos, so one pair per video per epoch, as in the official `KineticsDataset`
+(github jimmy-dq/DropMAE, `dataset_video/KineticsDataset.py`), which decodes with decord.
+What we do differently, on purpose:
+  - a video that fails to open or decode is skipped by moving on to the next index, as the
+    official loader does, but every skip is returned in the item (`skipped`), and a run of
+    `max_consecutive_failures` failures in a row is a RuntimeError instead of an endless walk;
+  - all randomness of an item is a pure function of (seed, epoch, index), so a resumed run or a
+    different number of loader workers draws the same pairs and crops;
+  - frames are found by seeking to the keyframe at or before the earlier frame and decoding on
+    (one open per pair; for the later frame the packets are read ahead and decoding restarts at
+    a keyframe between the two when there is one), never by decoding the whole video; one
+    decoder thread per loader worker, as decord's `num_threads=1`;
+  - n (frames of a video) comes from the container's metadata at index time, not from a full
+    decode; frame k is the frame at time k / fps after the stream's first timestamp, which is
+    decord's k-th decoded frame for constant-frame-rate video. When the metadata overstates n,
+    a wanted frame past the end is replaced by the last decodable frame (nothing is recorded).
+
+Layouts (`preset`, `root`):
+  k400, k600, k700  <root>/<class>/<id>.{mp4,webm,mkv,avi}  (or <root>/train/<class>/... when
+                    <root> has a `train` folder; files directly under <root> are ignored)
+  mit               <root>/training/<class>/<id>.mp4        (Moments in Time)
+  webvid, folder    every video file anywhere under <root> (recursive)
+  synthetic         no files: moving textured shapes on a textured background, rendered in
+                    memory, deterministic per (seed, index)
+Video files are those with the extensions above (any case); hidden files (`.name`, e.g. macOS
+`._x.mp4`) are ignored. The order is sorted and deterministic.
+
+Commands:
+  python data.py make-clips --out /tmp/k400_tiny [--classes 3 --per-class 4 --seconds 2 --fps 15 \
+      --size 160x120 --seed 0]          # tiny real mp4 clips in the K400 layout
+  python data.py index --data k400 --data-path /tmp/k400_tiny --cache /tmp/k400_tiny.json
+  python data.py bench --data k400 --data-path /tmp/k400_tiny --pairs 200   # pairs/s
+
+Used by `dropmae.py pretrain` as:
+  ds = FramePairDataset('k400', root, frame_gap=50, input_size=224, cache_path=..., seed=seed)
+  loader = DataLoader(ds, sampler=..., collate_fn=collate_pairs, ...)
+  for epoch ...: ds.set_epoch(epoch); sampler.set_epoch(epoch); for x, z, skipped in loader: ...
+`set_epoch` must be called before the epoch's iterator is created, and the loader must not use
+`persistent_workers=True` (persistent workers keep their own copy of the dataset and its epoch).
+"""
+import argparse
+import collections
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PRESETS = ('k400', 'k600', 'k700', 'mit', 'webvid', 'folder', 'synthetic')
+VIDEO_EXTS = ('.mp4', '.webm', '.mkv', '.avi')
+INDEX_FORMAT = 'dropmae-video-index'
+INDEX_VERSION = 1
+RESEEK_GAP = 64                   # frames: farther ahead than this, seek instead of reading on
+SYNTHETIC_SIZE = (256, 192)       # (W, H) of the in-memory synthetic videos
+SYNTHETIC_FRAMES = 64             # frames per synthetic video
+
+
+class VideoError(Exception):
+    """A video that cannot be opened or decoded; the message is the reason (no path)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the videos of a preset
+
+def _is_video(name):
+    return not name.startswith('.') and name.lower().endswith(VIDEO_EXTS)
+
+
+def _videos_in_class_folders(top):
+    """Relative paths `<class>/<file>` of the videos one level below `top` (sorted)."""
+    paths = []
+    for cls in sorted(os.listdir(top)):
+        cls_dir = os.path.join(top, cls)
+        if cls.startswith('.') or not os.path.isdir(cls_dir):
+            continue
+        paths += [f'{cls}/{f}' for f in sorted(os.listdir(cls_dir))
+                  if _is_video(f) and os.path.isfile(os.path.join(cls_dir, f))]
+    return paths
+
+
+def _videos_recursive(top):
+    """Relative paths (with '/') of every video anywhere under `top` (sorted)."""
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+        rel = os.path.relpath(dirpath, top).replace(os.sep, '/')
+        paths += [f if rel == '.' else f'{rel}/{f}' for f in filenames if _is_video(f)]
+    return sorted(paths)
+
+
+def list_videos(preset, root):
+    """Sorted video paths of a preset's layout, relative to `root` ('/'-separated).
+
+    Paths of the k4x0 presets under `<root>/train/...` keep the `train/` prefix, and `mit` paths
+    keep `training/`, so `os.path.join(root, rel)` is always the file.
+    """
+    if preset not in PRESETS or preset == 'synthetic':
+        raise ValueError(f'list_videos: preset must be one of {PRESETS[:-1]}, got {preset!r}')
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'{preset} data root {root!r} is not a directory')
+    if preset in ('k400', 'k600', 'k700'):
+        sub = 'train' if os.path.isdir(os.path.join(root, 'train')) else ''
+        layout = f'<root>/{sub + "/" if sub else ""}<class>/<id>{{{",".join(VIDEO_EXTS)}}}'
+        paths = _videos_in_class_folders(os.path.join(root, sub) if sub else root)
+        paths = [f'{sub}/{p}' for p in paths] if sub else paths
+    elif preset == 'mit':
+        layout = '<root>/training/<class>/<id>.mp4'
+        top = os.path.join(root, 'training')
+        found = _videos_in_class_folders(top) if os.path.isdir(top) else []
+        paths = ['training/' + p for p in found]
+    else:
+        layout = 'video files anywhere under <root>'
+        paths = _videos_recursive(root)
+    if not paths:
+        raise ValueError(f'no videos found for preset {preset!r} under {root!r} '
+                         f'(expected layout: {layout})')
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening a video, counting its frames, and the index cache
+
+def _reason(error):
+    """Short reason of an FFmpeg/OS error, without the file name (the caller adds the path)."""
+    text = getattr(error, 'strerror', None) or str(error)
+    return f'{type(error).__name__}: {text}'
+
+
+def _open(path):
+    """(container, first video stream); VideoError when it cannot be opened or has no video."""
+    try:
+        container = av.open(path, metadata_errors='ignore')
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise VideoError(f'cannot open ({_reason(e)})') from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError('no video stream')
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1      # one thread per loader worker, like decord's default
+    return container, stream
+
+
+def _frame_rate(stream):
+    """Frames per second of a stream as a Fraction; VideoError when the stream has none."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and rate > 0:
+            return Fraction(rate)
+    raise VideoError('no frame rate in the stream')
+
+
+def count_frames(path):
+    """Number of frames of a video, cheapest source first.
+
+    1. the container's frame count (`stream.frames`, e.g. the mp4 sample table);
+    2. else duration x frame rate (stream duration, else container duration);
+    3. else the number of packets of the video stream (demuxed, not decoded).
+    Raises VideoError when the file cannot be opened or read. May be 0 for a video with no frames.
+    """
+    container, stream = _open(path)
+    try:
+        if stream.frames and stream.frames > 0:
+            return int(stream.frames)
+        rate = _frame_rate(stream)
+        if stream.duration and stream.time_base:
+            return max(1, round(stream.duration * stream.time_base * rate))
+        if container.duration:                                  # microseconds
+            return max(1, round(Fraction(container.duration, 1_000_000) * rate))
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+    except av.FFmpegError as e:
+        raise VideoError(f'cannot read ({_reason(e)})') from e
+    finally:
+        container.close()
+
+
+def _count_or_zero(path):
+    """(count_frames, None), or (0, reason) for an unreadable file (kept in the index)."""
+    try:
+        return count_frames(path), None
+    except VideoError as e:
+        return 0, str(e)
+
+
+def _read_cache(cache_path, preset, root):
+    """{rel path: frames} from a cache written for this (preset, root), else None."""
+    if not cache_path or not os.path.isfile(cache_path):
+        return None
+    try:
+        with open(cache_path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f'index: ignoring unreadable cache {cache_path} ({e})')
+        return None
+    if (cache.get('format'), cache.get('version')) != (INDEX_FORMAT, INDEX_VERSION):
+        print(f'index: ignoring cache {cache_path} (not a version-{INDEX_VERSION} index)')
+        return None
+    if cache.get('root') != root or cache.get('preset') != preset:
+        print(f'index: cache {cache_path} is for {cache.get("preset")} at {cache.get("root")}, '
+              f'not {preset} at {root}: re-indexing')
+        return None
+    try:
+        return {rel: int(n) for rel, n in cache['videos']}
+    except (KeyError, TypeError, ValueError) as e:
+        print(f'index: ignoring cache {cache_path} (bad "videos" table: {e!r})')
+        return None
+
+
+def _write_cache(cache_path, preset, root, videos):
+    folder = os.path.dirname(os.path.abspath(cache_path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f'{cache_path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:                              # one video per line: diff-able
+        f.write(json.dumps({'format': INDEX_FORMAT, 'version': INDEX_VERSION, 'preset': preset,
+                            'root': root, 'num_videos': len(videos)})[:-1] + ', "videos": [\n')
+        f.write(',\n'.join(json.dumps([rel, n]) for rel, n in videos))
+        f.write('\n]}\n')
+    os.replace(tmp, cache_path)                            # atomic: readers never see half a file
+
+
+def index_videos(preset, root, cache_path=None, num_workers=0):
+    """The sorted list of (relative path, number of frames) of a preset's videos.
+
+    Frame counts come from `count_frames` (container metadata first). A file that cannot be opened
+    stays in the index with 0 frames: the dataset tries it again when it is drawn and reports it
+    as skipped then (an index-time warning gives the count). Nothing is dropped silently.
+
+    Cache (`cache_path`, reusable across runs): a JSON object
+        {"format": "dropmae-video-index", "version": 1, "preset": "k400", "root": "/abs/root",
+         "num_videos": N, "videos": [["class/id.mp4", 300], ...]}
+    with one video per line. It is used only when its preset and absolute root match; the
+    folder is still listed (cheap, no file is opened), counts are reused for known paths, only
+    new paths are opened, and vanished paths are dropped; the cache is rewritten when anything
+    changed. Delete it when a video was replaced in place under the same name.
+    num_workers > 0 counts frames in that many processes (for first indexing of 240k videos).
+    """
+    if preset == 'synthetic':
+        raise ValueError('index_videos: the synthetic preset has no files to index')
+    root = os.path.abspath(root)
+    paths = list_videos(preset, root)
+    cached = _read_cache(cache_path, preset, root) or {}
+    todo = [rel for rel in paths if rel not in cached]
+    counts = {rel: cached[rel] for rel in paths if rel in cached}
+    if todo:
+        full = [os.path.join(root, rel) for rel in todo]
+        bar = dict(total=len(todo), desc=f'counting frames ({preset})', disable=len(todo) <= 1000)
+        if num_workers > 0:
+            with multiprocessing.get_context('spawn').Pool(num_workers) as pool:
+                results = list(tqdm(pool.imap(_count_or_zero, full, chunksize=64), **bar))
+        else:
+            results = [_count_or_zero(p) for p in tqdm(full, **bar)]
+        bad = [(rel, reason) for rel, (n, reason) in zip(todo, results) if reason is not None]
+        counts.update((rel, n) for rel, (n, _) in zip(todo, results))
+        if bad:
+            print(f'index: {len(bad)} of {len(todo)} newly indexed videos under {root} could not '
+                  f'be read; they stay in the index with 0 frames and are reported when drawn. '
+                  f'First: ' + '; '.join(f'{rel}: {reason}' for rel, reason in bad[:3]))
+    videos = [(rel, counts[rel]) for rel in paths]
+    if cache_path and (todo or len(cached) != len(paths)):
+        _write_cache(cache_path, preset, root, videos)
+    return videos
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding frames by index (seek to the keyframe at or before, decode forward)
+
+class _Clock:
+    """Frame index <-> pts of a stream: index = round((pts - start) * time_base * rate)."""
+
+    def __init__(self, stream):
+        self.time_base = Fraction(stream.time_base)
+        self.rate = _frame_rate(stream)
+        self.start = stream.start_time if stream.start_time is not None else 0
+
+    def pts_of(self, k):
+        return self.start + round(k / (self.rate * self.time_base))
+
+    def index_of(self, pts):
+        return math.floor((pts - self.start) * self.time_base * self.rate + Fraction(1, 2))
+
+
+class _FrameReader:
+    """Frames by index from one open video stream, decoding as little as possible.
+
+    `read(k)` returns (index, frame) of frame k (or, if it is missing, the next one; at the end of
+    the stream the last decodable frame). The first read seeks to the keyframe at or before k
+    (`container.seek(pts, backward=True, any_frame=False)`) and decodes forward. A later read at
+    most `reseek_gap` frames further continues without seeking: the packets up to frame k are
+    read ahead (demuxed, not decoded) and, when one of them is a keyframe after the current
+    position, the decoder is reset and restarts from it, so it costs at most what a seek would.
+    If a seek lands after frame k (a wrong container index) or yields nothing, decoding restarts
+    from the start of the stream.
+    """
+
+    def __init__(self, container, stream, reseek_gap=RESEEK_GAP):
+        self.container, self.stream, self.reseek_gap = container, stream, reseek_gap
+        self.clock = _Clock(stream)
+        self.packets = None                 # demux iterator since the last seek
+        self.ahead = collections.deque()    # packets read ahead, not yet decoded
+        self.frames = collections.deque()   # decoded (index, frame), not yet consumed
+        self.last = None                    # the last consumed (index, frame)
+        self.after_seek = False             # the next decoded frame is the first after a seek
+        self.from_start = False             # the last seek went to the start of the stream
+        self.decoded = 0                    # frames decoded so far (a cost counter for tests)
+
+    def _seek(self, k):
+        pts = self.clock.pts_of(k)
+        self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
+        self.packets = self.container.demux(self.stream)     # seek also resets the decoder
+        self.ahead.clear()
+        self.frames.clear()
+        self.after_seek, self.from_start = True, pts <= self.clock.start
+
+    def _read_ahead(self, k):
+        """Demux the packets of frames <= k; restart decoding at the last keyframe among them."""
+        index = self.clock.index_of
+        while not self.ahead or (self.ahead[-1].dts is not None and index(self.ahead[-1].dts) <= k):
+            packet = next(self.packets, None)      # dts <= pts and dts only grows: past k, done
+            if packet is None:
+                break
+            self.ahead.append(packet)
+        keys = [i for i, p in enumerate(self.ahead) if p.is_keyframe and p.pts is not None
+                and self.last[0] < index(p.pts) <= k]
+        if keys:
+            for _ in range(keys[-1]):
+                self.ahead.popleft()                # never decoded
+            self.stream.codec_context.flush_buffers()
+            self.frames.clear()
+
+    def _decode_next_packet(self):
+        """Decode one packet into self.frames; False at the end of the stream."""
+        packet = self.ahead.popleft() if self.ahead else next(self.packets, None)
+        if packet is None:
+            return False
+        for frame in packet.decode():
+            pts = frame.pts if frame.pts is not None else frame.dts
+            if pts is None:
+                raise VideoError('decoded a frame with no timestamp')
+            self.frames.append((self.clock.index_of(pts), frame))
+            self.decoded += 1
+        return True
+
+    def read(self, k):
+        """(index, frame) with index >= k (k itself when it exists), else the last frame, or None
+        when nothing could be decoded."""
+        while self.frames and (self.last is None or self.last[0] < k):
+            self.last = self.frames.popleft()
+        if self.last is not None and self.last[0] >= k:
+            return self.last
+        if self.packets is None or k - self.last[0] > self.reseek_gap:
+            self._seek(k)
+        else:
+            self._read_ahead(k)
+        while True:
+            if not self.frames:
+                if self._decode_next_packet():
+                    continue                                    # may give 0, 1 or more frames
+                if self.after_seek and not self.from_start:      # the seek gave nothing
+                    self._seek(0)
+                    continue
+                return self.last                                # end: the last decodable frame
+            found = self.frames.popleft()
+            if self.after_seek:
+                self.after_seek = False
+                if found[0] > k and not self.from_start:        # the seek overshot frame k
+                    self._seek(0)
+                    continue
+            self.last = found
+            if found[0] >= k:
+                return found
+
+
+def decode_frames(path, indices, reseek_gap=RESEEK_GAP):
+    """Decode the frames with the given indices (ascending, repeats allowed) with one open.
+
+    Frame index k is the frame whose timestamp is k frame periods after the stream's first
+    timestamp: round((pts - start_time) * time_base * frame_rate). Frames are found by
+    `_FrameReader` (seek to the keyframe at or before the first; decode on, skipping to a later
+    keyframe when there is one, for the next ones). When a wanted frame does not exist (the
+    container's frame count was too high), the last decodable frame is returned in its place
+    and nothing is recorded.
+    Returns a list of PIL RGB images, one per index. Raises VideoError on open/decode failure.
+    """
+    indices = [int(k) for k in indices]
+    if indices != sorted(indices) or (indices and indices[0] < 0):
+        raise ValueError(f'decode_frames: indices must be ascending and >= 0, got {indices}')
+    container, stream = _open(path)
+    k = None
+    try:
+        reader = _FrameReader(container, stream, reseek_gap)
+        images, previous, image = [], None, None
+        for k in indices:
+            found = reader.read(k)
+            if found is None:
+                raise VideoError(f'no decodable frame (looking for frame {k})')
+            if found is not previous:
+                image, previous = found[1].to_image(), found   # RGB; only wanted frames converted
+            images.append(image)
+        return images
+    except av.FFmpegError as e:
+        raise VideoError(f'decode error looking for frame {k} ({_reason(e)})') from e
+    finally:
+        container.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The pair rule and the per-frame augmentation (all randomness from one torch.Generator)
+
+def item_generator(seed, epoch, index):
+    """The torch.Generator of one item: a pure function of (seed, epoch, index), all >= 0."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def sample_pair(n, frame_gap, g):
+    """Official pair rule on an n-frame video: (start, end) frame indices.
+
+    start ~ uniform [0, n-2], end ~ uniform [start+1, min(n, start+frame_gap) - 1], so the gap
+    end - start is in [1, frame_gap-1] and always forward. A 1-frame video gives (0, 0).
+    """
+    if n < 1 or frame_gap < 2:
+        raise ValueError(f'sample_pair: need n >= 1 and frame_gap >= 2, got n={n}, {frame_gap}')
+    if n == 1:
+        return 0, 0
+    start = int(torch.randint(0, n - 1, (1,), generator=g))
+    end = int(torch.randint(start + 1, min(n, start + frame_gap), (1,), generator=g))
+    return start, end
+
+
+def random_resized_crop_box(height, width, scale, ratio, g):
+    """torchvision's RandomResizedCrop.get_params: the crop box (top, left, h, w) in pixels.
+
+    Up to 10 tries of area fraction ~ U(scale) and aspect w/h ~ logU(ratio), w and h rounded,
+    accepted when the box fits; then the fallback: the centre crop of the whole image clamped to
+    the ratio range.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=g).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=g).item())
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=g))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def normalize(image):
+    """PIL RGB image (H, W) -> float tensor (3, H, W): [0, 1] then (x - mean) / std (ImageNet)."""
+    x = torch.from_numpy(np.array(image.convert('RGB'), dtype=np.uint8)).permute(2, 0, 1)
+    x = x.float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def augment(image, size, scale, g, ratio=(3 / 4, 4 / 3)):
+    """RandomResizedCrop(size, scale, ratio, bicubic), flip p 0.5, normalize -> (3, size, size)."""
+    top, left, h, w = random_resized_crop_box(image.height, image.width, scale, ratio, g)
+    image = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
+    if torch.rand(1, generator=g).item() < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return normalize(image)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic videos: moving textured shapes on a panning textured background
+
+def synthetic_scene(seed, index, size=SYNTHETIC_SIZE, num_frames=SYNTHETIC_FRAMES, style=None):
+    """A random scene (dict), deterministic per (seed, index); `style` 0/1/2 = ellipses /
+    rectangles / both (default: index % 3). Render its frames with `render_frame`."""
+    rng = np.random.default_rng([seed, index])
+    w, h = size
+    style = index % 3 if style is None else style % 3
+    pan = max(w, h) // 8
+    coarse = rng.integers(0, 256, (max(2, (h + 2 * pan) // 16), max(2, (w + 2 * pan) // 16), 3))
+    blobs = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize(
+        (w + 2 * pan, h + 2 * pan), Image.BICUBIC), dtype=np.float32)
+    yy, xx = np.mgrid[0:h + 2 * pan, 0:w + 2 * pan].astype(np.float32)
+    fx, fy = rng.uniform(-0.25, 0.25, 2)
+    grating = 40 * np.sin(2 * np.pi * (fx * xx + fy * yy))[..., None] * rng.uniform(-1, 1, 3)
+    background = np.clip(0.8 * blobs + grating + 25, 0, 255).astype(np.float32)
+    shapes = []
+    for s in range(int(rng.integers(2, 5))):
+        kind = ('ellipse', 'rect')[s % 2] if style == 2 else ('ellipse', 'rect')[style]
+        shapes.append(dict(
+            kind=kind, radii=rng.uniform(0.08, 0.22, 2) * min(w, h),
+            pos=rng.uniform(0, 1, 2) * (w, h), vel=rng.uniform(-3, 3, 2) * (1 + 0.5 * (index % 2)),
+            period=float(rng.uniform(3, 10)), angle=float(rng.uniform(0, np.pi)),
+            colors=rng.integers(0, 256, (2, 3)).astype(np.float32)))
+    return dict(size=(w, h), num_frames=num_frames, pan=pan, background=background,
+                cam_pos=rng.uniform(0, 2 * pan, 2), cam_vel=rng.uniform(-1.5, 1.5, 2),
+                shapes=shapes)
+
+
+def _bounce(x, lo, hi):
+    """Position x reflected into [lo, hi] (a triangle wave): elastic bouncing off the walls."""
+    span = hi - lo
+    u = np.mod(x - lo, 2 * span)
+    return lo + np.where(u <= span, u, 2 * span - u)
+
+
+def render_frame(scene, t):
+    """Frame t of a synthetic scene: uint8 array (H, W, 3)."""
+    w, h = scene['size']
+    pan = scene['pan']
+    cx, cy = _bounce(scene['cam_pos'] + t * scene['cam_vel'], 0, 2 * pan).astype(int)
+    frame = scene['background'][cy:cy + h, cx:cx + w].copy()
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for shape in scene['shapes']:
+        px, py = _bounce(shape['pos'] + t * shape['vel'], 0, np.array([w, h]))
+        dx, dy = xx - px, yy - py
+        rx, ry = shape['radii']
+        if shape['kind'] == 'ellipse':
+            inside = (dx / rx) ** 2 + (dy / ry) ** 2 <= 1
+        else:
+            inside = (np.abs(dx) <= rx) & (np.abs(dy) <= ry)
+        c, s = math.cos(shape['angle']), math.sin(shape['angle'])
+        u, v = (c * dx + s * dy) / shape['period'], (-s * dx + c * dy) / shape['period']
+        checker = (np.floor(u) + np.floor(v)) % 2 == 0             # texture moves with the shape
+        color = np.where(checker[..., None], shape['colors'][0], shape['colors'][1])
+        frame = np.where(inside[..., None], color, frame)
+    return frame.clip(0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset
+
+class FramePairDataset(torch.utils.data.Dataset):
+    """One (img_x, img_z) frame pair per video; see the module docstring for layouts and rules.
+
+    Item i -> (img_x (3, S, S) float, earlier frame; img_z (3, S, S), later frame;
+               skipped: list of "path: reason" for the videos that failed while serving i).
+    A failing video i is skipped by moving on to i+1, i+2, ... (wrapping around), with the same
+    random stream of item i; after min(max_consecutive_failures, len) failures in a row, a
+    RuntimeError lists them.
+    """
+
+    def __init__(self, preset, root=None, frame_gap=50, input_size=224, scale=(0.2, 1.0),
+                 cache_path=None, seed=0, num_synthetic=256, max_consecutive_failures=50):
+        if preset not in PRESETS:
+            raise ValueError(f'FramePairDataset: preset must be one of {PRESETS}, got {preset!r}')
+        if frame_gap < 2:
+            raise ValueError(f'FramePairDataset: frame_gap must be >= 2, got {frame_gap}')
+        if seed < 0 or max_consecutive_failures < 1:
+            raise ValueError('FramePairDataset: need seed >= 0 and max_consecutive_failures >= 1')
+        self.preset, self.frame_gap, self.input_size = preset, frame_gap, input_size
+        self.scale, self.seed, self.epoch = tuple(scale), seed, 0
+        self.max_consecutive_failures = max_consecutive_failures
+        if preset == 'synthetic':
+            self.root = None
+            self.videos = [(f'synthetic/{i:06d}', SYNTHETIC_FRAMES) for i in range(num_synthetic)]
+        else:
+            if root is None:
+                raise ValueError(f'FramePairDataset: preset {preset!r} needs a root folder')
+            self.root = os.path.abspath(root)
+            self.videos = index_videos(preset, self.root, cache_path)
+
+    def set_epoch(self, epoch):
+        """Select the epoch's pairs and crops (call before creating the epoch's loader iterator)."""
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.videos)
+
+    def path(self, j):
+        rel = self.videos[j][0]
+        return rel if self.root is None else os.path.join(self.root, rel)
+
+    def load_pair(self, j, g):
+        """(earlier, later) PIL frames of video j by the pair rule; VideoError on failure."""
+        if self.preset == 'synthetic':
+            scene = synthetic_scene(self.seed, j)
+            start, end = sample_pair(scene['num_frames'], self.frame_gap, g)
+            return (Image.fromarray(render_frame(scene, start)),
+                    Image.fromarray(render_frame(scene, end)))
+        n = self.videos[j][1]
+        if n == 0:                       # unreadable at index time (or empty): try it once more
+            n = count_frames(self.path(j))
+            if n == 0:
+                raise VideoError('no frames')
+        start, end = sample_pair(n, self.frame_gap, g)
+        return tuple(decode_frames(self.path(j), [start, end]))
+
+    def __getitem__(self, i):
+        g = item_generator(self.seed, self.epoch, i)
+        skipped = []
+        tries = min(self.max_consecutive_failures, len(self))
+        for t in range(tries):
+            j = (i + t) % len(self)
+            try:
+                img_x, img_z = self.load_pair(j, g)
+            except VideoError as e:
+                skipped.append(f'{self.path(j)}: {e}')
+                continue
+            x = augment(img_x, self.input_size, self.scale, g)  # independent crop + flip per frame
+            z = augment(img_z, self.input_size, self.scale, g)
+            return x, z, skipped
+        raise RuntimeError(
+            f'every one of the {tries} videos tried for item {i} (from {self.path(i)} on) failed '
+            f'to open or decode; check the data under {self.root}. First failures:\n  '
+            + '\n  '.join(skipped[:5]))
+
+
+def collate_pairs(batch):
+    """[(x, z, skipped), ...] -> (x (B, 3, S, S), z (B, 3, S, S), all skipped entries)."""
+    xs, zs, skipped = zip(*batch)
+    return torch.stack(xs), torch.stack(zs), [s for item in skipped for s in item]
+
+
+def summarize_skipped(skipped):
+    """Once-per-epoch report of skipped videos: the count, then each unique entry with its count."""
+    if not skipped:
+        return 'skipped videos: none'
+    counts = {}
+    for entry in skipped:
+        counts[entry] = counts.get(entry, 0) + 1
+    lines = [f'skipped videos: {len(skipped)} skips of {len(counts)} unique videos']
+    lines += [f'  {entry}' + (f' (x{c})' if c > 1 else '') for entry, c in sorted(counts.items())]
+    return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing tiny real clips, and the decode benchmark
+
+def encode_clip(path, frames, fps=15, gop=8, pts_offset=0, codec=None, faststart=False):
+    """Encode uint8 frames (T, H, W, 3) (H, W even) to a video file; returns the codec used.
+
+    libx264 (keyframe every `gop` frames, B-frames on) when the PyAV build has it, else mpeg4.
+    `pts_offset` (frames) starts the timestamps late, to exercise streams with a start offset.
+    `faststart` puts the mp4 index (moov) before the frames, as in web-downloaded videos.
+    """
+    codec = codec or ('libx264' if 'libx264' in av.codecs_available else 'mpeg4')
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f'encode_clip: width and height must be even for yuv420p, got {w}x{h}')
+    options = {'movflags': 'faststart'} if faststart else {}
+    with av.open(path, 'w', options=options) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
+        stream.codec_context.gop_size = gop
+        stream.codec_context.time_base = Fraction(1, fps)
+        if codec == 'libx264':
+            stream.options = {'preset': 'veryfast', 'crf': '20', 'bf': '2', 'sc_threshold': '0'}
+        else:
+            stream.options = {'qscale': '4'}
+        for t, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format='rgb24')
+            frame.pts = pts_offset + t
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return codec
+
+
+def write_synthetic_clips(out_dir, num_classes=3, per_class=4, seconds=2.0, fps=15,
+                          size=(160, 120), seed=0, codec=None):
+    """Write `num_classes * per_class` tiny clips `<out_dir>/class_<c>/clip_<c>_<k>.mp4` (K400
+    layout) of `round(seconds * fps)` frames of size (W, H); returns their paths (sorted)."""
+    paths = []
+    for c in range(num_classes):
+        os.makedirs(os.path.join(out_dir, f'class_{c:02d}'), exist_ok=True)
+        for k in range(per_class):
+            n = max(1, round(seconds * fps))
+            scene = synthetic_scene(seed, c * per_class + k, size=tuple(size), num_frames=n,
+                                    style=c)
+            path = os.path.join(out_dir, f'class_{c:02d}', f'clip_{c:02d}_{k:03d}.mp4')
+            encode_clip(path, (render_frame(scene, t) for t in range(n)), fps=fps, codec=codec)
+            paths.append(path)
+    return paths
+
+
+def bench_decode(root, n_pairs, preset='k400'):
+    """Full items per second (index once, then n_pairs x: decode both frames + two crops)."""
+    ds = FramePairDataset(preset, root, input_size=224)
+    t0 = time.perf_counter()
+    for i in range(n_pairs):
+        ds[i % len(ds)]
+        if (i + 1) % len(ds) == 0:
+            ds.set_epoch(ds.epoch + 1)
+    return n_pairs / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+def _parse_size(text):
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must be WxH, e.g. 160x120, got {text!r}')
+    return w, h
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('make-clips', help='write tiny synthetic mp4 clips in the K400 layout')
+    p.add_argument('--out', required=True)
+    p.add_argument('--classes', type=int, default=3)
+    p.add_argument('--per-class', type=int, default=4)
+    p.add_argument('--seconds', type=float, default=2.0)
+    p.add_argument('--fps', type=int, default=15)
+    p.add_argument('--size', type=_parse_size, default=(160, 120), help='WxH')
+    p.add_argument('--seed', type=int, default=0)
+    p = sub.add_parser('index', help='index a dataset (frame counts), print a summary')
+    p.add_argument('--data', choices=[x for x in PRESETS if x != 'synthetic'], default='k400')
+    p.add_argument('--data-path', required=True)
+    p.add_argument('--cache', default=None, help='index cache file (JSON), read and written')
+    p.add_argument('--workers', type=int, default=0, help='processes counting frames')
+    p = sub.add_parser('bench', help='items per second (decode + crops) on one core')
+    p.add_argument('--data', choices=[x for x in PRESETS if x != 'synthetic'], default='k400')
+    p.add_argument('--data-path', required=True)
+    p.add_argument('--pairs', type=int, default=200)
+    args = parser.parse_args(argv)
+
+    if args.command == 'make-clips':
+        t0 = time.perf_counter()
+        paths = write_synthetic_clips(args.out, args.classes, args.per_class, args.seconds,
+                                      args.fps, args.size, args.seed)
+        codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
+        print(f'wrote {len(paths)} clips ({codec}, {args.size[0]}x{args.size[1]}, '
+              f'{round(args.seconds * args.fps)} frames) to {args.out} '
+              f'in {time.perf_counter() - t0:.1f} s')
+    elif args.command == 'index':
+        t0 = time.perf_counter()
+        videos = index_videos(args.data, args.data_path, args.cache, args.workers)
+        n = np.array([c for _, c in videos])
+        print(f'{args.data} at {args.data_path}: {len(videos)} videos, {int(n.sum())} frames, '
+              f'frames per video min {n.min()} median {int(np.median(n))} max {n.max()}, '
+              f'{int((n == 0).sum())} unreadable; {time.perf_counter() - t0:.1f} s')
+    elif args.command == 'bench':
+        rate = bench_decode(args.data_path, args.pairs, args.data)
+        print(f'{args.data} at {args.data_path}: {rate:.1f} pairs/s (decode + 2 crops, 1 process)')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
