@@ -17,9 +17,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
-# The whole suite, in parallel over $(WORKERS) processes.
+# The whole suite, in parallel over $(WORKERS) processes of one thread each.
 test: $(STAMP)
-	$(PYTHON) -m pytest -n $(WORKERS) -q tests
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) -q tests
 
 # Benchmarks: ratios measured side by side in one run; never timed tests.
 bench: bench-pretrain bench-eval bench-vot

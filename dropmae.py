@@ -760,7 +760,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine")
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None,
-                   help="mixed precision (default: bf16 on a GPU that has it, else fp16; off on CPU)")
+                   help="mixed precision (default: bf16 on a GPU that has it, else fp16; "
+                        "off on the CPU)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="k400", choices=DATA_PRESETS, help="dataset layout (data.py)")
     g.add_argument("--data-path", default=None, help="dataset root (not for synthetic)")
@@ -770,7 +771,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--frame-gap", type=int, default=50, help="pair gap in 1..frame_gap-1 frames")
     g.add_argument("--num-workers", type=int, default=8, help="data loader processes per rank")
     g = p.add_argument_group("run")
-    g.add_argument("--output", default="runs/pretrain", help="run folder: config, logs, checkpoints")
+    g.add_argument("--output", default="runs/pretrain",
+                   help="run folder: config, logs, checkpoints")
     g.add_argument("--seed", type=int, default=0, help="rank r seeds torch/numpy with seed + r")
     g.add_argument("--save-every", type=int, default=20, help="checkpoint when epoch %% N == 0")
     g.add_argument("--resume", default="", help="'auto' (latest checkpoint in --output) or a path")
@@ -839,7 +841,7 @@ def mask_noise(seed: int, epoch: int, indices, length: int) -> torch.Tensor:
 
 
 def resolve_amp(requested: str | None, device: torch.device) -> str:
-    """'bf16' | 'fp16' | 'off': the default is bf16 on a GPU that supports it, else fp16; off on CPU."""
+    """'bf16' | 'fp16' | 'off'. Default: bf16 on a GPU that supports it, else fp16; off on CPU."""
     if requested is None:
         if device.type != "cuda":
             return "off"
@@ -875,7 +877,8 @@ def pretrain(args: argparse.Namespace) -> Path:
     rank, world, local_rank, device = init_distributed()
     if args.cpu:
         if world > 1 and device.type == "cuda":
-            raise ValueError("--cpu with torchrun on a GPU machine: set CUDA_VISIBLE_DEVICES= instead")
+            raise ValueError("--cpu under torchrun on a GPU machine: set CUDA_VISIBLE_DEVICES= "
+                             "instead")
         device = torch.device("cpu")
     main_rank = rank == 0
     say = print if main_rank else (lambda *a, **k: None)
@@ -906,7 +909,8 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     # ---- data (rank 0 indexes first and writes the cache; the others then read it)
     def make_dataset():
-        cache = None if args.data == "synthetic" else (args.index_cache or str(run / "video_index.json"))
+        cache = args.index_cache or str(run / "video_index.json")
+        cache = None if args.data == "synthetic" else cache
         return FramePairDataset(args.data, args.data_path, frame_gap=args.frame_gap,
                                 input_size=cfg.img_size, cache_path=cache, seed=args.seed,
                                 num_synthetic=args.num_synthetic)
@@ -924,8 +928,9 @@ def pretrain(args: argparse.Namespace) -> Path:
     if iters == 0:
         raise ValueError(f"{len(dataset)} videos give no full batch of {args.batch_size} per "
                          f"process with {world} processes")
-    say(f"data: {args.data} {args.data_path or ''}: {len(dataset)} videos, {iters} iterations "
-        f"per epoch per process")
+    where = f" at {args.data_path}" if args.data_path else ""
+    say(f"data: {args.data}{where}: {len(dataset)} videos, {iters} iterations per epoch "
+        f"per process")
 
     # ---- model and optimizer
     model = DropMAE(cfg).to(device)
@@ -940,7 +945,9 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     # ---- resume
     start_epoch, step = 0, 0
-    resume = latest_checkpoint(run) if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    resume = Path(args.resume) if args.resume not in ("", "auto") else None
+    if args.resume == "auto":
+        resume = latest_checkpoint(run)
     if args.resume == "auto" and resume is None:
         say(f"--resume auto: no checkpoint in {run}, starting from scratch")
     if resume is not None:
