@@ -1,0 +1,618 @@
+"""Tests for tasks/vot.py and tasks/vot_data.py (DropTrack). Rules: specs/vot.md, metrics-sot.md.
+
+Expected numbers are worked out by hand in the comments. Data are tiny synthetic sequences
+written in the GOT-10k / LaSOT / TrackingNet / TNL2K / COCO layouts under tmp_path.
+"""
+import json
+import math
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dropmae
+from tasks import vot
+from tasks import vot_data as vd
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The file is sized for one core; two OpenMP threads on a busy machine are ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """GOT-10k (train 2, val 2, test 1) and LaSOT (train 2, test 2) synthetic folders, 24 frames each."""
+    return vd.write_synthetic(tmp_path_factory.mktemp("synth"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return vot.build_model("tiny").eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# crop, map-back, boxes, window
+# ----------------------------------------------------------------------------------------------
+
+def _ramp(H, W):
+    """(H, W, 3) uint8 image whose pixel (y, x) holds 10 y + x + 1 in every channel (never 0)."""
+    v = (10 * np.arange(H)[:, None] + np.arange(W)[None, :] + 1).astype(np.uint8)
+    return np.repeat(v[..., None], 3, axis=2)
+
+
+def test_crop_window_side_and_round_half_to_even():
+    # side = ceil(sqrt(3*3) * 2) = 6; x1 = round(2 + 1.5 - 3) = round(0.5) = 0 (half to even),
+    # y1 = round(1 + 1.5 - 3) = round(-0.5) = 0; box [3, 0, 3, 3]: round(1.5) = 2
+    assert vd.crop_window([2, 1, 3, 3], 2.0) == (0, 0, 6)
+    assert vd.crop_window([3, 0, 3, 3], 2.0)[0] == 2
+    # side = ceil(sqrt(10 * 40) * 5) = ceil(100.0) = 100; ceil(sqrt(2*3)*5) = ceil(12.247) = 13
+    assert vd.crop_window([0, 0, 10, 40], 5.0)[2] == 100
+    assert vd.crop_window([0, 0, 2, 3], 5.0)[2] == 13
+    with pytest.raises(ValueError, match="too small"):
+        vd.crop_window([5, 5, 0, 0], 2.0)
+
+
+def test_sample_target_pixels_zero_padding_and_edge_quirk():
+    """At scale 1 the crop is the image window, zero outside; the official x2_pad = x2 - W + 1
+    also zeroes the last image column / row when the crop reaches past the edge."""
+    img = _ramp(10, 12)
+    # box [6, 4, 4, 4], factor 2: side 8, x1 = round(8 - 4) = 4, y1 = round(6 - 4) = 2 -> the
+    # window is cols 4..11, rows 2..9; it ends at W = 12 and H = 10, so col 11 / row 9 -> 0
+    crop, scale = vd.sample_target(img, [6, 4, 4, 4], 2.0, 8)
+    assert scale == 1.0 and crop.shape == (3, 8, 8) and crop.dtype == torch.uint8
+    c = crop[0].numpy()
+    np.testing.assert_array_equal(c[:7, :7], img[2:9, 4:11, 0])
+    assert (c[7, :] == 0).all() and (c[:, 7] == 0).all()
+    # box [0, 0, 4, 4]: x1 = y1 = round(2 - 4) = -2 -> two zero rows / cols, then the image
+    crop, _, mask = vd.sample_target(img, [0, 0, 4, 4], 2.0, 8, with_mask=True)
+    c = crop[0].numpy()
+    assert (c[:2, :] == 0).all() and (c[:, :2] == 0).all()
+    np.testing.assert_array_equal(c[2:, 2:], img[0:6, 0:6, 0])
+    np.testing.assert_array_equal(mask.numpy(), c == 0)
+    # resize 8 -> 4 of a constant region is that constant; resize_factor = out / side = 0.5
+    flat = np.full((40, 40, 3), 100, np.uint8)
+    crop, scale = vd.sample_target(flat, [16, 16, 4, 4], 2.0, 4)
+    assert scale == 0.5 and (crop == 100).all()
+
+
+def test_map_back_inverts_the_crop_mapping_and_training_labels_use_out_minus_one():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        box = (rng.uniform(0, 300, 4) + [0, 0, 5, 5]).tolist()
+        prev = (rng.uniform(0, 300, 4) + [0, 0, 5, 5]).tolist()
+        scale = float(rng.uniform(0.2, 3.0))
+        back = vd.map_box_back(vd.box_to_search_crop(box, prev, scale, 384), prev, scale, 384)
+        np.testing.assert_allclose(back, box, rtol=0, atol=1e-9)
+    # map_box_back by hand: prev [100, 50, 20, 40] (centre 110, 70), scale 2, out 384 -> the crop
+    # spans 96 px either side: crop centre (96, 96) maps to the prev centre; (100, 90) -> (114, 64)
+    assert vd.map_box_back([100, 90, 10, 20], [100, 50, 20, 40], 2.0, 384) == [109.0, 54.0, 10.0, 20.0]
+    # label: box == extract box [10, 20, 30, 40], rf 2: centre (383/2, 383/2) = 191.5, wh (60, 80)
+    lab = vd.box_in_crop_norm([10, 20, 30, 40], [10, 20, 30, 40], 2.0, 384)
+    np.testing.assert_allclose(lab.numpy(), np.array([161.5, 151.5, 60, 80]) / 384, rtol=1e-6)
+
+
+def test_training_label_decoded_like_the_tracker_returns_the_box():
+    """Label (crop around prev) -> cxcywh * S / rf -> map_box_back = the box, shifted by the
+    official half output pixel ((S - 1) / 2 vs S / 2): -0.5 / rf image px in x and y."""
+    prev, box, S = [100.0, 50.0, 20.0, 40.0], [112.0, 47.0, 24.0, 36.0], 384
+    _, _, side = vd.crop_window(prev, 5.0)
+    rf = S / side
+    lab = vd.box_in_crop_norm(box, prev, rf, S).double()
+    cxcywh = torch.cat([lab[:2] + lab[2:] / 2, lab[2:]]) * S / rf
+    back = vd.map_box_back(cxcywh.tolist(), prev, rf, S)
+    np.testing.assert_allclose(back, [112 - 0.5 / rf, 47 - 0.5 / rf, 24, 36], rtol=0, atol=1e-4)
+
+
+def test_clip_box_keeps_ten_pixels_inside():
+    # W = 100, H = 80: a box hanging off the right [95, -5, 30, 20] -> x1 = min(95, 90) = 90,
+    # x2 = min(125, 100) = 100, w = 10; y1 = 0, y2 = 15, h = 15
+    assert vd.clip_box([95, -5, 30, 20], 80, 100, margin=10) == [90.0, 0.0, 10.0, 15.0]
+    # a 2x2 box inside: w, h raised to the margin
+    assert vd.clip_box([40, 40, 2, 2], 80, 100, margin=10) == [40.0, 40.0, 10.0, 10.0]
+
+
+def test_box_conversions():
+    xywh = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    assert vd.xywh_to_xyxy(xywh).tolist() == [[10, 20, 40, 60]]
+    assert vd.xyxy_to_xywh(vd.xywh_to_xyxy(xywh)).tolist() == xywh.tolist()
+    assert vd.cxcywh_to_xyxy(torch.tensor([[0.5, 0.5, 0.2, 0.4]]))[0].tolist() == pytest.approx([0.4, 0.3, 0.6, 0.7])
+    assert vd.xyxy_to_cxcywh(torch.tensor([[0.4, 0.3, 0.6, 0.7]]))[0].tolist() == pytest.approx([0.5, 0.5, 0.2, 0.4])
+
+
+def test_hann_window_values():
+    w = vot.hann1d(24)
+    # hann1d(k) = 0.5 (1 - cos(2 pi k / 25)), k = 1..24; symmetric; peak at k = 12, 13
+    assert w[0].item() == pytest.approx(0.5 * (1 - math.cos(2 * math.pi / 25)), rel=1e-6)
+    assert w[11].item() == pytest.approx(0.5 * (1 + math.cos(math.pi / 25)), rel=1e-6)   # 0.99605
+    torch.testing.assert_close(w, w.flip(0))
+    w2 = vot.hann2d(24)
+    assert w2.shape == (1, 1, 24, 24)
+    assert w2[0, 0, 3, 5].item() == pytest.approx(w[3].item() * w[5].item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# losses and schedules
+# ----------------------------------------------------------------------------------------------
+
+def test_giou_hand_computed():
+    a = torch.tensor([[0.0, 0, 2, 2], [0, 0, 1, 1], [1, 1, 3, 4]])
+    b = torch.tensor([[1.0, 1, 3, 3], [2, 0, 3, 1], [1, 1, 3, 4]])
+    giou, iou = vot.generalized_iou(a, b)
+    # 1: inter 1, union 7, hull 9: 1/7 - 2/9 = -5/63.  2: disjoint, union 2, hull 3: -1/3.  3: same: 1
+    np.testing.assert_allclose(iou.numpy(), [1 / 7, 0, 1], rtol=1e-6)
+    np.testing.assert_allclose(giou.numpy(), [-5 / 63, -1 / 3, 1], rtol=1e-6)
+
+
+def test_gaussian_target_peak_radius_and_values():
+    # w = h = 4 cells: r3 = (-2*0.7*8 + sqrt((2*0.7*8)^2 + 4*2.8*0.3*16)) / 2 = (-11.2 + sqrt(179.2)) / 2
+    r = vot.gaussian_radius(torch.tensor([4.0]), torch.tensor([4.0]))
+    assert r.item() == pytest.approx((-11.2 + math.sqrt(179.2)) / 2, rel=1e-5)     # 1.0933 -> r = 1
+    # box x = 8, w = 4 -> centre col 10; y = 3, h = 4 -> row 5 (in cells of a 24 grid)
+    t = vot.gaussian_target(torch.tensor([[8.0, 3.0, 4.0, 4.0]]) / 24, 24)[0]
+    assert t.shape == (24, 24) and t[5, 10].item() == 1.0 and int((t == 1).sum()) == 1
+    # sigma = (2*1 + 1) / 6 = 0.5: neighbours exp(-1 / 0.5) = e^-2, diagonals e^-4, nothing beyond r
+    assert t[5, 11].item() == pytest.approx(math.exp(-2), rel=1e-6)
+    assert t[6, 11].item() == pytest.approx(math.exp(-4), rel=1e-6)
+    assert int((t > 0).sum()) == 9
+    # w = h = 10: r3 = (-28 + sqrt(784 + 336)) / 2 = 2.733 -> r = 2 -> a 5x5 support
+    t = vot.gaussian_target(torch.tensor([[5.0, 5.0, 10.0, 10.0]]) / 24, 24)[0]
+    assert int((t > 0).sum()) == 25 and t[10, 10].item() == 1.0
+    # centre x + w/2 = 10.5 rounds half to even -> col 10
+    t = vot.gaussian_target(torch.tensor([[8.5, 3.0, 4.0, 4.0]]) / 24, 24)[0]
+    assert t[5, 10].item() == 1.0
+
+
+def test_focal_loss_hand_computed():
+    pred = torch.tensor([0.5, 0.2]).view(1, 1, 1, 2)
+    target = torch.tensor([1.0, 0.5]).view(1, 1, 1, 2)
+    # pos: log(.5) (1-.5)^2; neg: log(.8) .2^2 (1-.5)^4; one positive
+    want = -(math.log(0.5) * 0.25 + math.log(0.8) * 0.04 * 0.0625)
+    assert vot.focal_loss(pred, target).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_keep_rate_schedule_values():
+    f = lambda e: vot.ce_keep_rate(e, start=20, warm=50, base=0.7)
+    assert f(0) == 1.0 and f(19) == 1.0 and f(20) == 1.0
+    assert f(45) == pytest.approx(0.85)                        # half-way: cos(pi/2) = 0
+    assert f(30) == pytest.approx(0.7 + 0.15 * (1 + math.cos(math.pi / 5)))
+    assert f(70) == 0.7 and f(100) == 0.7
+    # StepLR(80): epochs 1..80 at the base lr, 81..100 at 0.1x
+    assert vot.lr_at(80, 2.5e-4, 80) == 2.5e-4 and vot.lr_at(81, 2.5e-4, 80) == pytest.approx(2.5e-5)
+
+
+def test_param_groups_backbone_includes_pos_and_frame_embeddings(tiny_model):
+    groups = vot.param_groups(tiny_model, 2.5e-4, 0.1, 1e-4, verbose=False)
+    ids = {id(p) for p in groups[1]["params"]}
+    bb = tiny_model.backbone
+    for p in (bb.pos_embed_z, bb.pos_embed_x, bb.temporal_pos_embed_x, bb.temporal_pos_embed_z):
+        assert id(p) in ids
+    assert id(bb.pos_embed) not in ids                       # frozen, unused
+    assert groups[1]["lr"] == pytest.approx(2.5e-5) and groups[0]["lr"] == 2.5e-4
+    assert all(g["weight_decay"] == 1e-4 for g in groups)
+    n_trainable = sum(1 for p in tiny_model.parameters() if p.requires_grad)
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == n_trainable
+
+
+# ----------------------------------------------------------------------------------------------
+# candidate elimination
+# ----------------------------------------------------------------------------------------------
+
+def test_elimination_and_restore_index_bookkeeping():
+    B, lt, Ls, D = 1, 2, 5, 3
+    tokens = torch.arange(B * (lt + Ls) * D, dtype=torch.float32).view(B, lt + Ls, D) + 1
+    index = torch.arange(Ls).view(1, Ls)
+    score = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.0]])
+    out, idx = vot.eliminate(tokens, lt, index, score, keep=3)
+    assert idx.tolist() == [[1, 3, 2]]                       # descending score
+    torch.testing.assert_close(out[:, :lt], tokens[:, :lt])
+    torch.testing.assert_close(out[0, lt:], tokens[0, lt + torch.tensor([1, 3, 2])])
+    # a second round on the survivors: positions refer to the original grid
+    out2, idx2 = vot.eliminate(out, lt, idx, torch.tensor([[0.2, 0.1, 0.5]]), keep=2)
+    assert idx2.tolist() == [[2, 1]]
+    full = vot.restore_tokens(out2[:, lt:], idx2, Ls)
+    torch.testing.assert_close(full[0, 2], tokens[0, lt + 2])
+    torch.testing.assert_close(full[0, 1], tokens[0, lt + 1])
+    assert (full[0, [0, 3, 4]] == 0).all()
+
+
+def test_ce_block_ranks_by_template_centre_attention(tiny_model):
+    """The kept set = top-k of the centre token's attention row (explicit softmax, head mean);
+    with keep 1 the CE block equals the plain block."""
+    torch.manual_seed(1)
+    blk = tiny_model.backbone.blocks[1]
+    lt, Ls = 16, 64
+    x = torch.randn(2, lt + Ls, 96)
+    index = torch.arange(Ls).expand(2, -1)
+    ctr = tiny_model.backbone.ctr_index
+    assert ctr == 5                                          # 4x4 template: (1, 1) -> 1*4 + 1
+    with torch.no_grad():
+        same, idx = vot.ce_block(blk, x, lt, index, 1.0, ctr)
+        torch.testing.assert_close(same, blk(x), rtol=1e-5, atol=1e-5)
+        assert idx.tolist() == index.tolist()
+        _, attn = blk.attn(blk.norm1(x), return_attn=True)
+        score = attn[:, :, ctr, lt:].mean(1)
+        _, kept = vot.ce_block(blk, x, lt, index, 0.7, ctr)
+    assert kept.shape == (2, math.ceil(0.7 * 64))            # 45
+    want = score.topk(45, dim=1).indices
+    assert [sorted(r) for r in kept.tolist()] == [sorted(r) for r in want.tolist()]
+
+
+def test_backbone_token_counts_and_zero_filled_grid(tiny_model):
+    z, x = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        out = tiny_model(z, x)                               # inference: 64 -> 45 -> 32
+        feat, kept = tiny_model.backbone(z, x)
+        full, kept_all = tiny_model.backbone(z, x, keep_rate=1.0)
+    assert kept.shape == (2, 32) and out["kept_index"].shape == (2, 32)
+    nonzero = feat.abs().sum(-1) > 0                         # (2, 64)
+    for b in range(2):
+        assert sorted(torch.nonzero(nonzero[b]).flatten().tolist()) == sorted(kept[b].tolist())
+    assert kept_all.shape == (2, 64) and (full.abs().sum(-1) > 0).all()
+    assert out["score_map"].shape == (2, 1, 8, 8) and out["pred_boxes"].shape == (2, 4)
+    assert (out["score_map"] >= 1e-4).all() and (out["score_map"] <= 1 - 1e-4).all()
+
+
+def test_decode_boxes_at_argmax():
+    score = torch.zeros(1, 1, 4, 4)
+    score[0, 0, 2, 1] = 1.0                                  # row 2, col 1
+    size = torch.full((1, 2, 4, 4), 0.5)
+    size[0, :, 2, 1] = torch.tensor([0.25, 0.125])
+    offset = torch.zeros(1, 2, 4, 4)
+    offset[0, :, 2, 1] = torch.tensor([0.5, 0.25])
+    # cx = (1 + 0.5) / 4, cy = (2 + 0.25) / 4
+    assert vot.decode_boxes(score, size, offset).tolist() == [[0.375, 0.5625, 0.25, 0.125]]
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def test_dropmae_checkpoint_loads_with_exact_missing_and_dropped(tmp_path):
+    src = dropmae.DropMAE(dropmae.get_config("tiny"))
+    path = tmp_path / "dropmae_tiny.pth"
+    torch.save({"model": src.state_dict()}, path)
+    model = vot.build_model("tiny")
+    report = vot.load_pretrained_backbone(path, model, verbose=False)
+    assert report["kind"] == "dropmae"
+    assert report["missing"] == ["pos_embed_x", "pos_embed_z"]
+    assert set(report["dropped"]) == {k for k in src.state_dict() if k.startswith("decoder_") or k == "mask_token"}
+    torch.testing.assert_close(model.backbone.blocks[2].attn.qkv.weight, src.blocks[2].attn.qkv.weight)
+    torch.testing.assert_close(model.backbone.temporal_pos_embed_z, src.temporal_pos_embed_z)
+    # the 6x6 table resized bicubically to 4x4 / 8x8 (trainable copies)
+    torch.testing.assert_close(model.backbone.pos_embed_x,
+                               dropmae.resize_pos_embed(src.pos_embed[:, 1:], (8, 8)))
+    assert model.backbone.pos_embed_x.requires_grad
+    # MAE layout: cls_token, no frame vectors -> those stay at their init
+    mae = {k: v for k, v in src.state_dict().items() if "temporal" not in k and not k.startswith("decoder")}
+    mae["cls_token"] = torch.zeros(1, 1, 96)
+    report = vot.load_pretrained_backbone({"model": mae}, vot.build_model("tiny"), verbose=False)
+    assert report["missing"] == ["pos_embed_x", "pos_embed_z", "temporal_pos_embed_x", "temporal_pos_embed_z"]
+    bad = dict(src.state_dict(), extra_key=torch.zeros(1))
+    with pytest.raises(KeyError, match="extra_key"):
+        vot.load_pretrained_backbone({"model": bad}, vot.build_model("tiny"), verbose=False)
+
+
+def test_base_backbone_keys_are_dropmae_encoder_keys_plus_two_tables():
+    # the decoder's depth does not matter: every decoder key is dropped
+    mae_keys = set(dropmae.DropMAE(dropmae.get_config("base", decoder_depth=1)).state_dict())
+    bb_keys = set(vot.build_model("base").backbone.state_dict())
+    encoder = {k for k in mae_keys if not k.startswith("decoder_") and k != "mask_token"}
+    assert bb_keys - encoder == {"pos_embed_z", "pos_embed_x"}
+    assert encoder - bb_keys == set()
+
+
+def test_official_droptrack_net_layout_loads(tiny_model):
+    """An OSTrack-style {'net': ...} with backbone.cls_token loads strictly and predicts the same."""
+    net = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    net["backbone.cls_token"] = torch.zeros(1, 1, 96)
+    model = vot.load_tracker_checkpoint({"net": net}, "tiny")
+    z, x = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(z, x)["score_map"], tiny_model(z, x)["score_map"])
+    del net["box_head.conv5_ctr.bias"]
+    with pytest.raises(KeyError, match="conv5_ctr"):
+        vot.load_tracker_checkpoint({"net": net}, "tiny")
+
+
+# ----------------------------------------------------------------------------------------------
+# datasets in their official layouts
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line,why", [("1,2,3", "expected 4 values"), ("1,2,nan,4", "NaN"),
+                                      ("1,2,-3,4", "negative")])
+def test_malformed_groundtruth_names_file_and_line(tmp_path, line, why):
+    p = tmp_path / "seq" / "groundtruth.txt"
+    p.parent.mkdir()
+    p.write_text(f"1,2,3,4\n5,6,7,8\n{line}\n")
+    with pytest.raises(ValueError, match=re.escape(f"{p}:3") + ".*" + why):
+        vd.read_boxes(p)
+
+
+def test_got10k_and_lasot_layouts_and_visibility(synth):
+    got = vd.GOT10k(synth["got10k"], "train")
+    assert got.names == ["GOT-10k_Train_000001", "GOT-10k_Train_000002"]
+    info = got.sequence_info(0)
+    # seq 1: occluded frames 5, 6 (cover 0) and absent frames 14, 15
+    assert info["boxes"].shape == (24, 4)
+    assert np.flatnonzero(~info["visible"]).tolist() == [5, 6, 14, 15]
+    assert got.frame_path(0, 0).name == "00000001.jpg" and got.frame_path(0, 0).is_file()
+    test = vd.GOT10k(synth["got10k"], "test")
+    seqs = vd.test_sequences(test)
+    assert len(seqs[0].frames) == 24 and seqs[0].gt is None         # only the first box is public
+    las = vd.LaSOT(synth["lasot"], "train")
+    assert las.names == ["bird-1", "cat-1"]                           # from training_set.txt
+    assert vd.LaSOT(synth["lasot"], "test").names == ["bird-2", "cat-2"]
+    info = las.sequence_info(0)
+    # occluded 4, 5 and out of view 10, 11, 12 (GT [0, 0, 0, 0] there)
+    assert np.flatnonzero(~info["visible"]).tolist() == [4, 5, 10, 11, 12]
+    assert las.frame_path(0, 9).as_posix().endswith("bird/bird-1/img/00000010.jpg")
+    assert len(vd.LaSOT(synth["lasot"], "all")) == 4
+
+
+def test_lasot_without_split_file_is_an_error(tmp_path):
+    (tmp_path / "cat" / "cat-1").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="testing_set.txt"):
+        vd.LaSOT(tmp_path, "test")
+
+
+def test_trackingnet_tnl2k_coco_layouts(tmp_path):
+    tn = tmp_path / "trackingnet"
+    (tn / "TRAIN_0" / "anno").mkdir(parents=True)
+    (tn / "TRAIN_0" / "anno" / "vid_a.txt").write_text("1,2,3,4\n0,0,0,0\n5,6,7,8\n")
+    frames = tn / "TRAIN_0" / "frames" / "vid_a"
+    frames.mkdir(parents=True)
+    for i in (0, 1, 2, 10):                                   # numeric, not lexicographic order
+        Image.new("RGB", (8, 8)).save(frames / f"{i}.jpg")
+    ds = vd.TrackingNet(tn, ("TRAIN_0",))
+    assert ds.names == ["vid_a"] and ds.sequence_info(0)["visible"].tolist() == [True, False, True]
+    assert [p.name for p in ds.frame_paths(0)] == ["0.jpg", "1.jpg", "2.jpg", "10.jpg"]
+    assert ds.frame_path(0, 2).name == "2.jpg"
+
+    tnl = tmp_path / "tnl2k" / "seqA"
+    (tnl / "imgs").mkdir(parents=True)
+    (tnl / "groundtruth.txt").write_text("1,2,3,4\n1,2,3,4\n")
+    for i in (1, 2):
+        Image.new("RGB", (8, 8)).save(tnl / "imgs" / f"{i:05d}.png")
+    seqs = vd.test_sequences(vd.TNL2K(tmp_path / "tnl2k"))
+    assert seqs[0].name == "seqA" and len(seqs[0].frames) == 2 and seqs[0].init_box == [1, 2, 3, 4]
+
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "train2017").mkdir()
+    (coco / "annotations" / "instances_train2017.json").write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "000007.jpg"}],
+        "annotations": [{"image_id": 7, "bbox": [1, 2, 3, 4], "iscrowd": 0},
+                        {"image_id": 7, "bbox": [0, 0, 9, 9], "iscrowd": 1},
+                        {"image_id": 7, "bbox": [2, 2, 2, 2], "iscrowd": 0}]}))
+    ds = vd.COCO17(coco)
+    assert len(ds) == 2 and not ds.is_video                   # the crowd annotation is skipped
+    assert ds.sequence_info(1)["boxes"].tolist() == [[2, 2, 2, 2]]
+    assert ds.frame_path(0, 0) == coco / "train2017" / "000007.jpg"
+
+
+# ----------------------------------------------------------------------------------------------
+# sampler
+# ----------------------------------------------------------------------------------------------
+
+def test_causal_pair_rule_and_gap_increase():
+    # visible 0 and 300 of T = 301: the template is drawn from [0, T-1) = {0}; the search window
+    # [1, 0 + 200 + gap_inc) reaches 300 only after gap_inc grew to 105 (21 retries of +5)
+    visible = np.zeros(301, bool)
+    visible[[0, 300]] = True
+    rng = np.random.default_rng(0)
+    assert {vd.sample_causal_pair(visible, 200, rng) for _ in range(20)} == {(0, 300)}
+    # a failed search redraws the template too: from 5 nothing is in [6, 205), from 0 frame 5 is,
+    # so (0, 5) is drawn almost surely before gap_inc could reach 300 from 5
+    visible[5] = True
+    pairs = [vd.sample_causal_pair(visible, 200, rng) for _ in range(50)]
+    assert set(pairs) == {(0, 5)}
+    # search strictly after the template, both visible
+    visible = np.random.default_rng(1).random(100) < 0.3
+    for _ in range(50):
+        t, s = vd.sample_causal_pair(visible, 10, rng)
+        assert visible[t] and visible[s] and t < s and t < 99
+
+
+class _FakeSeqs:
+    """A video dataset without files: sequence i has lengths[i] frames, n_visible[i] visible."""
+    is_video, name = True, "fake"
+
+    def __init__(self, lengths, n_visible):
+        self.lengths, self.n_visible = lengths, n_visible
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def sequence_info(self, i):
+        vis = np.zeros(self.lengths[i], bool)
+        vis[:self.n_visible[i]] = True
+        return {"boxes": np.tile([1.0, 1, 4, 4], (self.lengths[i], 1)), "visible": vis}
+
+
+def test_sequence_rule_more_than_4_visible_and_20_frames():
+    # only sequence 3 qualifies: 0 has 19 frames, 1 has 4 visible, 2 has 5 visible but 19 frames
+    ds = _FakeSeqs([19, 30, 19, 20], [19, 4, 5, 5])
+    pairs = vd.TrackingPairs([ds], [1], 10)
+    rng = np.random.default_rng(0)
+    assert {pairs._pick_sequence(ds, rng)[0] for _ in range(30)} == {3}
+
+
+class _ImageSeqs:
+    """An image dataset over given files (one frame each)."""
+    is_video, name = False, "images"
+
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return len(self.files)
+
+    def sequence_info(self, i):
+        return {"boxes": np.array([[20.0, 20, 16, 16]]), "visible": np.array([True])}
+
+    def frame_path(self, i, f):
+        return self.files[i]
+
+
+def test_data_errors_are_counted_with_the_file_never_silent(tmp_path):
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    Image.fromarray(vd._texture(np.random.default_rng(0), 64, 64, 4)).save(good)
+    bad.write_text("not a jpeg")
+    pairs = vd.TrackingPairs([_ImageSeqs([good, bad])], [1], 8, sizes=(64, 128))
+    items = [pairs[i] for i in range(8)]
+    errors = [e for it in items for e in it["errors"]]
+    assert errors and all(str(bad) in e for e in errors)
+    assert vd.collate_pairs(items)["errors"] == errors
+    assert items[0]["template"].shape == (3, 64, 64) and items[0]["search"].shape == (3, 128, 128)
+    with pytest.raises(RuntimeError, match="bad.jpg"):
+        vd.TrackingPairs([_ImageSeqs([bad])], [1], 1, max_tries=3)[0]
+
+
+def test_pairs_are_a_function_of_seed_epoch_index(synth):
+    ds = vd.TrackingPairs([vd.GOT10k(synth["got10k"], "train")], [1], 4, sizes=(64, 128))
+    a, b = ds[1], ds[1]
+    torch.testing.assert_close(a["search"], b["search"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["search"], a["search"])
+    box = a["search_box"]
+    assert a["template_box"].shape == (4,) and (box[2:] > 0).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+
+def test_tiny_training_loss_falls_on_a_repeated_batch(synth):
+    torch.manual_seed(0)
+    ds = vd.TrackingPairs([vd.GOT10k(synth["got10k"], "train")], [1], 8, sizes=(64, 128))
+    batch = vd.collate_pairs([ds[i] for i in range(8)])
+    model = vot.build_model("tiny")
+    opt = torch.optim.AdamW(vot.param_groups(model, 1e-3, 0.1, 1e-4, verbose=False), weight_decay=1e-4)
+    # keep rate 0.7: the gradient also flows through the candidate-elimination gathers
+    losses = [vot.train_step(model, batch, opt, 0.7, 0.1, "cpu")["loss"] for _ in range(12)]
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_data_path_items(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "list.txt").write_text("a\n")
+    assert vot.resolve_data_paths([str(tmp_path)], {"got10k"}) == {"got10k": tmp_path}    # GOT-10k root
+    full = vot.resolve_data_paths(["/d", "coco=/c"], {"got10k", "lasot", "coco", "trackingnet"})
+    assert full == {"got10k": Path("/d/got10k"), "lasot": Path("/d/lasot"), "coco": Path("/c"),
+                    "trackingnet": Path("/d/trackingnet")}
+    with pytest.raises(ValueError, match="lasot"):
+        vot.resolve_data_paths(["got10k=/g"], {"got10k", "lasot"})
+
+
+def test_train_command_writes_run_folder_and_resumes(synth, tmp_path):
+    ckpt = tmp_path / "dropmae_tiny.pth"
+    torch.save({"model": dropmae.DropMAE(dropmae.get_config("tiny")).state_dict()}, ckpt)
+    out = tmp_path / "run"
+    common = ["train", "--config", "got10k", "--model", "tiny", "--data-path", str(synth["got10k"]),
+              "--output", str(out), "--samples-per-epoch", "8", "--batch-size", "4", "--workers", "0",
+              "--val-every", "1", "--val-samples", "4", "--print-freq", "0"]
+    vot.main(common + ["--epochs", "1", "--pretrained", str(ckpt)])
+    assert (out / "checkpoint-0001.pth").is_file() and (out / "config.json").is_file()
+    vot.main(common + ["--epochs", "2", "--resume", "auto"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert all(math.isfinite(r["train_loss"]) and r["train_data_errors"] == 0 for r in log)
+    assert log[0]["keep_rate"] == 1.0 and log[0]["lr"] == 2.5e-4 and "val_iou" in log[1]
+    ck = torch.load(out / "checkpoint-0002.pth", weights_only=True)
+    assert ck["epoch"] == 2 and ck["track"]["search_size"] == 128
+    model = vot.load_tracker_checkpoint(out / "checkpoint-0002.pth")
+    assert model.track.template_size == 64
+
+
+# ----------------------------------------------------------------------------------------------
+# inference: official formats, resume, scoring
+# ----------------------------------------------------------------------------------------------
+
+def test_result_files_byte_for_byte(tmp_path):
+    boxes = np.array([[10.7, -3.2, 20.0, 5.9], [0.4, 1.6, 2.5, 3.5]])
+    times = np.array([0.5, 0.0123456789])
+    vot.write_sequence_results("got10k", tmp_path / "g", "S", boxes, times)
+    assert (tmp_path / "g" / "S" / "S_001.txt").read_bytes() == b"10,-3,20,5\n0,1,2,3\n"
+    assert (tmp_path / "g" / "S" / "S_time.txt").read_bytes() == b"0.500000\n0.012346\n"
+    vot.write_sequence_results("ope", tmp_path / "l", "cat-1", boxes, times)
+    assert (tmp_path / "l" / "cat-1.txt").read_bytes() == b"10\t-3\t20\t5\n0\t1\t2\t3\n"
+    vot.write_sequence_results("trackingnet", tmp_path / "t", "vid", boxes, times)
+    assert (tmp_path / "t" / "vid.txt").read_bytes() == b"10,-3,20,5\n0,1,2,3\n"
+    with zipfile.ZipFile(vot.zip_results("got10k", tmp_path / "g", tmp_path / "g.zip")) as z:
+        assert sorted(z.namelist()) == ["S/S_001.txt", "S/S_time.txt"]
+    with zipfile.ZipFile(vot.zip_results("trackingnet", tmp_path / "t", tmp_path / "t.zip")) as z:
+        assert z.namelist() == ["vid.txt"]
+        assert z.read("vid.txt") == b"10,-3,20,5\n0,1,2,3\n"
+
+
+class OracleTracker:
+    """Returns the annotation: frame t's box for the t-th call."""
+
+    def __init__(self, gt):
+        self.gt, self.t = gt, 0
+
+    def initialize(self, image, box):
+        self.t = 0
+
+    def track(self, image):
+        self.t += 1
+        return self.gt[self.t].tolist()
+
+
+def test_oracle_scores_got10k_ao_one_and_the_predicted_ope_auc(synth, tmp_path):
+    from eval import sot
+    for seq in vd.test_sequences(vd.GOT10k(synth["got10k"], "val")):
+        vot.write_sequence_results("got10k", tmp_path / "got", seq.name, *vot.track_sequence(OracleTracker(seq.gt), seq))
+    res = sot.score_got10k(tmp_path / "got", synth["got10k"], "val")
+    assert res["AO"] == pytest.approx(100.0, abs=1e-9) and res["SR0.75"] == 100.0
+    for seq in vd.test_sequences(vd.LaSOT(synth["lasot"], "test")):
+        vot.write_sequence_results("ope", tmp_path / "las", seq.name, *vot.track_sequence(OracleTracker(seq.gt), seq))
+    res = sot.score_ope(tmp_path / "las", synth["lasot"], "lasot")
+    # both test sequences: T = 24, invisible 4, 5 (occluded) and 16, 17 (out of view) -> V = 20.
+    # success(t) = 20/24 (float32) for the 20 thresholds t < 1 and 0 at t = 1 (strict >):
+    # AUC = 100 * 20/21 * float32(20/24) = 79.365...; below 100
+    want = 100 * 20 * float(np.float32(20) / np.float32(24)) / 21
+    assert res["AUC"] == pytest.approx(want, rel=1e-12) and res["AUC"] < 100
+
+
+def test_inference_writes_official_files_and_resumes(synth, tiny_model, tmp_path):
+    seqs = vd.test_sequences(vd.LaSOT(synth["lasot"], "test"))
+    out = tmp_path / "lasot"
+    stats = vot.run_dataset(seqs, "ope", out, (tiny_model, None, "cpu", 1, False, False), workers=1)
+    assert set(stats) == {"bird-2", "cat-2"} and all(s["frames"] == 24 for s in stats.values())
+    for s in seqs:
+        lines = (out / f"{s.name}.txt").read_text().splitlines()
+        assert len(lines) == 24 and lines[0] == "\t".join(str(int(v)) for v in s.init_box)
+        assert all(re.fullmatch(r"-?\d+\t-?\d+\t\d+\t\d+", ln) for ln in lines)
+        boxes = np.array([[int(v) for v in ln.split("\t")] for ln in lines[1:]])
+        assert (boxes[:, 2:] >= 10).all() and (boxes[:, 0] <= 160 - 10).all()     # clip_box margin
+        assert all(re.fullmatch(r"\d+\.\d{6}", ln) for ln in (out / f"{s.name}_time.txt").read_text().splitlines())
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    vot.run_dataset(seqs, "ope", out, (tiny_model, None, "cpu", 1, False, False), workers=1)
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before      # finished: skipped
+
+
+def test_test_command_got10k_val_two_workers_zip_and_score(synth, tiny_model, tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": tiny_model.state_dict(), "track": vot.dataclasses.asdict(tiny_model.track)}, ckpt)
+    summary = vot.main(["test", "--dataset", "got10k_val", "--data-path", str(synth["got10k"]), "--ckpt", str(ckpt),
+                        "--output", str(tmp_path / "res"), "--workers", "2", "--device", "cpu"])
+    names = ["GOT-10k_Val_000001", "GOT-10k_Val_000002"]
+    with zipfile.ZipFile(tmp_path / "res" / "got10k_val.zip") as z:
+        assert sorted(z.namelist()) == sorted(f"{n}/{n}_{s}.txt" for n in names for s in ("001", "time"))
+    first = (tmp_path / "res" / "got10k_val" / names[0] / f"{names[0]}_001.txt").read_text().splitlines()
+    assert len(first) == 24 and all(re.fullmatch(r"-?\d+,-?\d+,\d+,\d+", ln) for ln in first)
+    assert summary["frames"] == 48 and summary["fps_overall"] > 0
+    assert 0 <= summary["scores"]["AO"] <= 100
+    assert "GOT-10k val: AO" in capsys.readouterr().out
