@@ -232,3 +232,16 @@ def test_loader_fails_loudly_on_unknown_keys_and_shapes(tmp_path):
         load_pretrained(ok, task_param_missing, verbose=False)
     report = load_pretrained(ok, task_param_missing, expect_missing=["pos_embed_x"], verbose=False)
     assert report["missing"] == ["pos_embed_x"]
+
+
+def test_image_mae_mode_is_one_frame_mae():
+    """img_z None: MAE on one frame (L = N = 36 tokens, 9 kept), no frame vectors used, the
+    loss on that frame's patches only; its gradient leaves the frame vectors untouched."""
+    torch.manual_seed(0)
+    model = DropMAE(get_config("tiny")).train()
+    x = torch.randn(2, 3, 96, 96)
+    loss, pred, mask = model(x, None, noise=torch.rand(2, 36))
+    assert pred.shape == (2, 36, 768) and (mask.sum(1) == 27).all()
+    loss.backward()
+    assert model.temporal_pos_embed_x.grad is None and model.decoder_temporal_pos_embed_z.grad is None
+    assert model.patch_embed.proj.weight.grad.abs().sum() > 0
