@@ -554,7 +554,7 @@ class DropMAE(ViTEncoder):
 #   | ours (`pretrain` checkpoints)   | a `config` entry             | identical names                 |
 # Anything else missing or unexpected is an error that names the file and the keys.
 
-def _read_checkpoint(src) -> tuple[dict, dict, str]:
+def read_checkpoint(src) -> tuple[dict, dict, str]:
     """Path or dict -> (state_dict, whole checkpoint, source name)."""
     if isinstance(src, dict):
         ckpt, name = src, "<state dict>"
@@ -595,7 +595,7 @@ def load_pretrained(src, model: nn.Module, expect_missing=(), expect_unexpected=
     parameters, say); every other difference from the key table raises. Shapes are asserted.
     Returns a report {kind, loaded, missing, dropped} and prints it when `verbose`.
     """
-    state, ckpt, name = _read_checkpoint(src)
+    state, ckpt, name = read_checkpoint(src)
     kind = checkpoint_kind(state, ckpt)
     own = model.state_dict()
     decoder = {k for k in state if k.startswith("decoder_") or k == "mask_token"}

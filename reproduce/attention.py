@@ -40,7 +40,7 @@ def frame_attention_shares(attn: torch.Tensor) -> tuple[float, float]:
 
 def build_model(ckpt_path: str, preset: str | None) -> dropmae.DropMAE:
     """A DropMAE with the checkpoint's config (ours) or the named preset (official files)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    _, ckpt, _ = dropmae.read_checkpoint(ckpt_path)
     if "config" in ckpt:
         cfg = dropmae.Config(**ckpt["config"])
     elif preset is not None:
