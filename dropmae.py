@@ -414,8 +414,10 @@ class DropMAE(ViTEncoder):
     decoder adds `decoder_embed`, `mask_token`, `decoder_pos_embed`,
     `decoder_temporal_pos_embed_{x,z}`, `decoder_blocks.{i}`, `decoder_norm`, `decoder_pred`.
 
-    ASAD runs in every decoder block while training (like dropout, it is off in eval mode, so
-    analysis and reconstruction see the full attention).
+    ASAD runs in every decoder block while training. Unlike the official `Attention_Dec`, which
+    also drops in eval mode, we treat it like dropout and switch it off in eval mode, so
+    reconstructions and the attention analysis see the full attention; a model in train mode
+    (and under no_grad, if wanted) reproduces the official eval behaviour.
     """
 
     def __init__(self, cfg: Config):
