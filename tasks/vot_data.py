@@ -639,17 +639,20 @@ def write_got10k_sequence(split_dir: Path, name: str, frames, boxes, cover, abse
                                      f"end_time: 00:00:01\nobject_class: thing\nresolution: ({W}, {H})\n")
 
 
-def write_synthetic(root, seed: int = 0, T: int = 24, size=(160, 120)) -> dict:
-    """Write GOT-10k (train 2, val 2, test 1) and LaSOT (2 classes x 2, half train) layouts.
+def write_synthetic(root, seed: int = 0, T: int = 24, size=(160, 120), n_train: int = 2, n_val: int = 2,
+                    n_test: int = 1) -> dict:
+    """Write GOT-10k (train n_train, val n_val, test n_test) and LaSOT (2 classes x 2, half
+    train) layouts.
 
     GOT-10k: occluded frames have cover 0; out-of-view frames absence 1, cover 0 and the last
-    visible box. LaSOT: full_occlusion / out_of_view flags, out-of-view GT [0, 0, 0, 0].
-    Returns {"got10k": root/got10k, "lasot": root/lasot}.
+    visible box (first sequence of each split only). LaSOT: full_occlusion / out_of_view flags,
+    out-of-view GT [0, 0, 0, 0]. Each split draws from its own random stream (seed, split), so
+    the val sequences do not change with n_train. Returns {"got10k": root/got10k, "lasot": root/lasot}.
     """
-    rng = np.random.default_rng(seed)
     root = Path(root)
     got = root / "got10k"
-    for split, n in (("train", 2), ("val", 2), ("test", 1)):
+    for j, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+        rng = np.random.default_rng([seed, j])
         names = [f"GOT-10k_{split.capitalize()}_{k:06d}" for k in range(1, n + 1)]
         (got / split).mkdir(parents=True, exist_ok=True)
         (got / split / "list.txt").write_text("".join(f"{s}\n" for s in names))
@@ -662,6 +665,7 @@ def write_synthetic(root, seed: int = 0, T: int = 24, size=(160, 120)) -> dict:
             absence = [int(t in oov) for t in range(T)]
             write_got10k_sequence(got / split, name, frames, boxes, cover, absence, test=(split == "test"))
     lasot = root / "lasot"
+    rng = np.random.default_rng([seed, 3])
     train, test = [], []
     for cls in ("bird", "cat"):
         for n in (1, 2):

@@ -190,6 +190,36 @@ def test_keep_rate_schedule_values():
     assert vot.lr_at(80, 2.5e-4, 80) == 2.5e-4 and vot.lr_at(81, 2.5e-4, 80) == pytest.approx(2.5e-5)
 
 
+def test_milestones_scale_with_epochs_and_explicit_values_win():
+    # got10k: E0 = 100, lr_drop 80, ce_start 20, ce_warm 50; round() is half to even
+    paper = vot.resolve_train_config("got10k", "base", {})
+    assert (paper["epochs"], paper["lr_drop"], paper["ce_start"], paper["ce_warm"]) == (100, 80, 20, 50)
+    assert paper["lr"] == 2.5e-4 and paper["batch_size"] == 32
+    # 24 epochs: 80 * 0.24 = 19.2 -> 19, 20 * 0.24 = 4.8 -> 5, 50 * 0.24 = 12
+    short = vot.resolve_train_config("got10k", "base", {"epochs": 24, "lr": None})
+    assert (short["lr_drop"], short["ce_start"], short["ce_warm"]) == (19, 5, 12)
+    # tiny recipe: 150 epochs -> 120, 30, 75; full (E0 = 300: 240, 20, 80) -> 120, 10, 40
+    tiny = vot.resolve_train_config("got10k", "tiny", {})
+    assert (tiny["epochs"], tiny["lr"], tiny["batch_size"], tiny["samples_per_epoch"]) == (150, 1e-3, 8, 64)
+    assert (tiny["lr_drop"], tiny["ce_start"], tiny["ce_warm"]) == (120, 30, 75)
+    full = vot.resolve_train_config("full", "tiny", {})
+    assert (full["lr_drop"], full["ce_start"], full["ce_warm"]) == (120, 10, 40)
+    given = vot.resolve_train_config("got10k", "tiny", {"epochs": 24, "ce_start": 3, "lr": 5e-4})
+    assert (given["ce_start"], given["ce_warm"], given["lr"]) == (3, 12, 5e-4)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 24, 60, 100, 150, 300])
+def test_last_training_epoch_uses_the_inference_keep_rate(epochs):
+    """Regression: a short run (e.g. 24 epochs with the paper's ce_start 20, warm 50) trained
+    with keep ~1.0 only, while the tracker eliminates 30 % of the search tokens at every CE
+    block; the tiny tracker then lost the target (synthetic-train AO 6 vs 39 without
+    elimination). With the milestones scaled, the run ends at the keep rate used at test."""
+    for config, model in (("got10k", "tiny"), ("full", "base")):
+        cfg = vot.resolve_train_config(config, model, {"epochs": epochs})
+        keep = vot.ce_keep_rate(epochs, cfg["ce_start"], cfg["ce_warm"], vot.TRACK_PRESETS[model].ce_keep)
+        assert keep == vot.TRACK_PRESETS[model].ce_keep == 0.7
+
+
 def test_param_groups_backbone_includes_pos_and_frame_embeddings(tiny_model):
     groups = vot.param_groups(tiny_model, 2.5e-4, 0.1, 1e-4, verbose=False)
     ids = {id(p) for p in groups[1]["params"]}
@@ -357,6 +387,14 @@ def test_got10k_and_lasot_layouts_and_visibility(synth):
     assert np.flatnonzero(~info["visible"]).tolist() == [4, 5, 10, 11, 12]
     assert las.frame_path(0, 9).as_posix().endswith("bird/bird-1/img/00000010.jpg")
     assert len(vd.LaSOT(synth["lasot"], "all")) == 4
+
+
+def test_synthetic_split_sizes_and_val_independent_of_train_size(tmp_path):
+    small = vd.write_synthetic(tmp_path / "a", seed=0, n_train=2, n_val=1, n_test=1)
+    big = vd.write_synthetic(tmp_path / "b", seed=0, n_train=3, n_val=1, n_test=1)
+    assert len(vd.GOT10k(big["got10k"], "train")) == 3 and len(vd.GOT10k(big["got10k"], "val")) == 1
+    for rel in ("val/GOT-10k_Val_000001/groundtruth.txt", "train/GOT-10k_Train_000002/groundtruth.txt"):
+        assert (small["got10k"] / rel).read_text() == (big["got10k"] / rel).read_text()
 
 
 def test_lasot_without_split_file_is_an_error(tmp_path):
@@ -528,11 +566,44 @@ def test_train_command_writes_run_folder_and_resumes(synth, tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert all(math.isfinite(r["train_loss"]) and r["train_data_errors"] == 0 for r in log)
-    assert log[0]["keep_rate"] == 1.0 and log[0]["lr"] == 2.5e-4 and "val_iou" in log[1]
+    # tiny recipe lr 1e-3; milestones scaled to 1 epoch: lr_drop round(0.8) = 1, ce_start
+    # round(0.2) = 0, ce_warm round(0.5) = 0 -> keep 0.7 at once; at 2 epochs: 2, 0, 1 -> 0.7
+    assert [(r["lr"], r["keep_rate"]) for r in log] == [(1e-3, 0.7), (1e-3, 0.7)] and "val_iou" in log[1]
     ck = torch.load(out / "checkpoint-0002.pth", weights_only=True)
     assert ck["epoch"] == 2 and ck["track"]["search_size"] == 128
     model = vot.load_tracker_checkpoint(out / "checkpoint-0002.pth")
     assert model.track.template_size == 64
+
+
+def test_first_track_step_equals_the_unjittered_training_sample(synth, tiny_model):
+    """Train/test parity: the tracker's step on frame 1 = the model on the training pipeline's
+    un-jittered crops (template of frame 0 around box 0; search of frame 1 around box 0, the
+    previous box), decoded with the Hann window and mapped back by hand; and the training label
+    of that search crop is frame 1's box in the crop (same preset sizes and factors)."""
+    ds = vd.GOT10k(synth["got10k"], "train")
+    boxes = ds.sequence_info(0)["boxes"]
+    f0, f1 = vd.read_image(ds.frame_path(0, 0)), vd.read_image(ds.frame_path(0, 1))
+    t = tiny_model.track
+    rng = np.random.default_rng(0)
+    z, _ = vd.make_crop(f0, boxes[0], t.template_factor, t.template_size, 0.0, 0.0, rng, train=False)
+    x, _ = vd.make_crop(f1, boxes[0], t.search_factor, t.search_size, 0.0, 0.0, rng, train=False)
+    with torch.no_grad():
+        out = tiny_model(z[None], x[None])
+    g = out["score_map"].shape[-1]
+    box = vot.decode_boxes(vot.hann2d(g) * out["score_map"], out["size_map"], out["offset_map"])[0]
+    _, _, side = vd.crop_window(boxes[0], t.search_factor)                 # 5 * sqrt(28 * 22) -> 125
+    assert side == 125
+    rf = t.search_size / side
+    want = vd.clip_box(vd.map_box_back((box * t.search_size / rf).tolist(), boxes[0], rf, t.search_size), 120, 160)
+    tracker = vot.Tracker(tiny_model)
+    tracker.initialize(f0, boxes[0].tolist())
+    torch.testing.assert_close(tracker.template, z[None])
+    np.testing.assert_allclose(tracker.track(f1), want, rtol=0, atol=1e-4)
+    # the label of the same crop: box 1 relative to box 0's centre, at scale rf, / 128
+    label = vd.box_in_crop_norm(boxes[1], boxes[0], rf, t.search_size)
+    centre = 127 / 2 + (boxes[1][:2] + boxes[1][2:] / 2 - boxes[0][:2] - boxes[0][2:] / 2) * rf
+    np.testing.assert_allclose(label.numpy(), np.r_[centre - boxes[1][2:] * rf / 2, boxes[1][2:] * rf] / 128,
+                               rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
