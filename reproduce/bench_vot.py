@@ -87,6 +87,7 @@ def main(argv=None):
     model = vot.load_tracker_checkpoint(args.ckpt) if args.ckpt else vot.build_model(args.model).eval()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
+    threads = torch.get_num_threads()
     for device in devices:
         model.to(device)
         n, warm = (args.frames, 2) if device.type == "cpu" else (args.gpu_frames, 20)
@@ -95,8 +96,8 @@ def main(argv=None):
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             row = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                   f"cpu ({torch.get_num_threads()} threads)",
-                   "precision": ("bf16" if device.type == "cpu" else "fp16") + " autocast" if amp else "fp32",
+                   f"cpu ({threads} thread{'s' if threads > 1 else ''})",
+                   "precision": (("bf16" if device.type == "cpu" else "fp16") + " autocast") if amp else "fp32",
                    "tracker_fps": bench_tracker(model, device, amp, n, warm)["fps"],
                    "forward_fps": bench_forward(model, device, amp, n, warm)["fps"], "frames": n}
             if device.type == "cuda":
@@ -108,7 +109,7 @@ def main(argv=None):
     t = model.track
     print(f"\nDropTrack {args.model}: template {t.template_size}, search {t.search_size}, CE at {list(t.ce_loc)} "
           f"keep {t.ce_keep}")
-    print(f"| device | precision | tracker FPS | forward FPS |\n|---|---|---|---|")
+    print("| device | precision | tracker FPS | forward FPS |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['device']} | {r['precision']} | {r['tracker_fps']:.2f} | {r['forward_fps']:.2f} |")
     out = Path(args.out)

@@ -129,6 +129,8 @@ def resolve_train_config(config: str, model: str, overrides: dict) -> dict:
     for key in MILESTONES:
         if overrides.get(key) is None:
             cfg[key] = round(preset[key] * cfg["epochs"] / preset["epochs"])
+    if cfg["lr_drop"] < 1:
+        raise ValueError(f"--lr-drop {cfg['lr_drop']}: the StepLR step size must be >= 1 epoch")
     return cfg
 
 
@@ -153,6 +155,16 @@ def restore_tokens(search: torch.Tensor, index: torch.Tensor, length: int) -> to
     B, _, D = search.shape
     out = search.new_zeros(B, length, D)
     return out.scatter(1, index.unsqueeze(-1).expand(-1, -1, D), search)
+
+
+def template_centre_index(g: int) -> int:
+    """Token index of the template's centre (`CE_TEMPLATE_RANGE='CTR_POINT'`) on a g x g grid.
+
+    `ce_utils.py::generate_mask_cond` lists row = col = 3, 5, 3, 6 for g = 8, 12, 7, 14 (and
+    raises otherwise): (g - 1) // 2, the upper-left of the four centre cells for an even g.
+    """
+    c = (g - 1) // 2
+    return c * g + c
 
 
 def ce_block(blk, tokens, lens_t: int, index, keep_rate: float, ctr: int):
@@ -208,8 +220,7 @@ class CEViT(ViTEncoder):
         p = cfg.patch_size
         self.grid_z, self.grid_x = track.template_size // p, track.search_size // p
         self.ce_loc, self.ce_keep = tuple(track.ce_loc), track.ce_keep
-        c = (self.grid_z - 1) // 2                         # 12x12 -> (5, 5), as generate_mask_cond
-        self.ctr_index = c * self.grid_z + c
+        self.ctr_index = template_centre_index(self.grid_z)
         self.pos_embed_z = nn.Parameter(torch.zeros(1, self.grid_z ** 2, cfg.embed_dim))
         self.pos_embed_x = nn.Parameter(torch.zeros(1, self.grid_x ** 2, cfg.embed_dim))
         self.finetune_track()
@@ -386,7 +397,9 @@ def focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2, beta:
 
 
 def compute_losses(out: dict, search_box: torch.Tensor, weights=(1.0, 2.0, 5.0)) -> tuple[torch.Tensor, dict]:
-    """focal + 2 GIoU + 5 L1. search_box (B, 4) xywh / crop side. -> total, stats (floats)."""
+    """weights (focal, GIoU, L1) = (1, 2, 5): focal + 2 GIoU + 5 L1. search_box (B, 4) xywh / crop
+    side. GIoU and L1 compare the box decoded at the predicted argmax with the ground truth
+    clamped to [0, 1] (both xyxy); the focal target is the unclamped box. -> total, stats (floats)."""
     pred = vd.cxcywh_to_xyxy(out["pred_boxes"])
     if torch.isnan(pred).any():
         raise ValueError("the network predicted NaN boxes")
@@ -403,8 +416,9 @@ def compute_losses(out: dict, search_box: torch.Tensor, weights=(1.0, 2.0, 5.0))
 
 
 def lr_at(epoch: int, base: float, drop: int) -> float:
-    """StepLR(step_size=drop, gamma=0.1) stepped after each epoch: epochs 1..drop at base."""
-    return base if epoch <= drop else base * 0.1
+    """StepLR(step_size=drop, gamma=0.1) stepped after each epoch: epoch e (1-based) runs at
+    base * 0.1 ** ((e - 1) // drop), i.e. epochs 1..drop at base, drop+1..2 drop at 0.1 base, ..."""
+    return base * 0.1 ** ((epoch - 1) // drop)
 
 
 def param_groups(model: DropTrack, lr: float, backbone_mult: float, weight_decay: float, verbose=True):
@@ -513,11 +527,12 @@ def build_dataset(key: str, paths: dict):
     return vd.TrackingNet(root)
 
 
-def train_step(model, batch, optimizer, keep_rate: float, grad_clip: float, device) -> dict:
-    """One optimisation step on a collated batch -> stats."""
+def train_step(model, batch, optimizer, keep_rate: float, grad_clip: float, device,
+               weights=(1.0, 2.0, 5.0)) -> dict:
+    """One optimisation step on a collated batch -> stats. weights: (focal, GIoU, L1)."""
     out = model(batch["template"].to(device, non_blocking=True), batch["search"].to(device, non_blocking=True),
                 keep_rate=keep_rate)
-    loss, stats = compute_losses(out, batch["search_box"].to(device))
+    loss, stats = compute_losses(out, batch["search_box"].to(device), weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -541,17 +556,18 @@ def run_epoch(model, loader, optimizer, keep_rate, cfg, device, train: bool, pri
     sums = {"loss": 0.0, "giou": 0.0, "l1": 0.0, "location": 0.0, "iou": 0.0, "n": 0,
             "data_errors": 0, "rejected": 0}
     shown = 0
+    weights = (cfg["focal_weight"], cfg["giou_weight"], cfg["l1_weight"])
     for step, batch in enumerate(loader):
         if batch["errors"] and shown < 5:          # show a few, count all
             for e in batch["errors"][:5 - shown]:
                 print(f"[rank {os.environ.get('RANK', 0)}] data error (resampled): {e}", file=sys.stderr)
             shown += len(batch["errors"][:5 - shown])
         if train:
-            stats = train_step(model, batch, optimizer, keep_rate, cfg["grad_clip"], device)
+            stats = train_step(model, batch, optimizer, keep_rate, cfg["grad_clip"], device, weights)
         else:
             with torch.no_grad():
                 out = model(batch["template"].to(device), batch["search"].to(device), keep_rate=keep_rate)
-                stats = compute_losses(out, batch["search_box"].to(device))[1]
+                stats = compute_losses(out, batch["search_box"].to(device), weights)[1]
         B = batch["template"].shape[0]
         for k in ("loss", "giou", "l1", "location", "iou"):
             sums[k] += stats[k] * B

@@ -29,7 +29,6 @@ with occluded and out-of-view frames): `write_synthetic(root)` writes GOT-10k an
 """
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from eval.sot import read_boxes, read_flags, read_numbers, read_sequence_list
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,21 +52,13 @@ def xywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
     return torch.cat([b[..., :2], b[..., :2] + b[..., 2:]], dim=-1)
 
 
-def xyxy_to_xywh(b: torch.Tensor) -> torch.Tensor:
-    return torch.cat([b[..., :2], b[..., 2:] - b[..., :2]], dim=-1)
-
-
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
     """(..., 4) [cx, cy, w, h] -> [x1, y1, x2, y2]."""
     return torch.cat([b[..., :2] - 0.5 * b[..., 2:], b[..., :2] + 0.5 * b[..., 2:]], dim=-1)
 
 
-def xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
-    return torch.cat([0.5 * (b[..., :2] + b[..., 2:]), b[..., 2:] - b[..., :2]], dim=-1)
-
-
 # ----------------------------------------------------------------------------------------------
-# The crop (OSTrack `processing_utils.py`) and its inverse
+# The crop (OSTrack `processing_utils.py`) and the inverse mapping of the tracker
 # ----------------------------------------------------------------------------------------------
 
 def crop_window(box, factor: float) -> tuple[int, int, int]:
@@ -80,15 +73,34 @@ def crop_window(box, factor: float) -> tuple[int, int, int]:
     return round(x + 0.5 * w - side * 0.5), round(y + 0.5 * h - side * 0.5), side
 
 
+def _resize_source(side: int, out: int) -> np.ndarray:
+    """Bilinear resize side -> out with half-pixel centres and no antialiasing (what
+    `cv.resize(INTER_LINEAR)` and `F.interpolate(align_corners=False)` do): the source position
+    (crop pixels) each output pixel interpolates at, (out,) float64, clamped to [0, side - 1]
+    (both clamp there: a tap past the last pixel reads the last pixel)."""
+    return ((np.arange(out) + 0.5) * (side / out) - 0.5).clip(0.0, side - 1)
+
+
+def _reads_padding(src: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """(out,) bool: one of the two taps of `src` with weight > 0 lies outside crop pixels lo..hi-1."""
+    i0 = np.floor(src)
+    outside = lambda i: (i < lo) | (i >= hi)
+    return outside(i0) | ((src > i0) & outside(i0 + 1))
+
+
 def sample_target(image: np.ndarray, box, factor: float, out_size: int, with_mask: bool = False):
     """Crop a zero-padded square of side ceil(sqrt(wh)*factor) centred on `box`, resize to out_size.
 
     image: (H, W, 3) uint8 RGB. Returns crop (3, out, out) uint8, resize_factor = out / side, and
-    with `with_mask` the padding mask (out, out) bool (True where the resized crop touches
+    with `with_mask` the padding mask (out, out) bool (True where the resized crop reads
     padding). Resizing is bilinear with half-pixel centres and no antialiasing (what
-    `cv.resize(INTER_LINEAR)` does). Official quirk kept: when the crop reaches past the right
-    (bottom) image edge, the last image column (row) is replaced by padding too
-    (`x2_pad = max(x2 - W + 1, 0)` in `sample_target`).
+    `cv.resize(INTER_LINEAR)` does). The padded side x side crop is never built: the output is
+    interpolated straight from the image part inside the crop, zeros outside it
+    (`grid_sample(padding_mode='zeros')`), so memory and time stay bounded by the image and the
+    output however large the box (a 600x400 box gives side 2450: 86 -> 9 ms on one core, no
+    70 MB float crop). Official quirk kept: when the crop reaches past the right (bottom) image
+    edge, the last image column (row) is replaced by padding too (`x2_pad = max(x2 - W + 1, 0)`
+    in `sample_target`).
     """
     H, W = image.shape[:2]
     x1, y1, side = crop_window(box, factor)
@@ -96,20 +108,22 @@ def sample_target(image: np.ndarray, box, factor: float, out_size: int, with_mas
     sx1, sy1 = max(x1, 0), max(y1, 0)                   # the image part inside the crop
     sx2 = x2 if x2 < W else W - 1                        # quirk: drops column W-1 when padded
     sy2 = y2 if y2 < H else H - 1
-    crop = torch.zeros(3, side, side, dtype=torch.uint8)
+    src = _resize_source(side, out_size)                 # (out,) crop pixels, same for x and y
+    crop = torch.zeros(3, out_size, out_size, dtype=torch.uint8)
     if sx2 > sx1 and sy2 > sy1:
-        src = torch.from_numpy(np.ascontiguousarray(image[sy1:sy2, sx1:sx2])).permute(2, 0, 1)
-        crop[:, sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = src
+        data = torch.from_numpy(np.ascontiguousarray(image[sy1:sy2, sx1:sx2])).permute(2, 0, 1)[None].float()
+        h, w = sy2 - sy1, sx2 - sx1
+        gx = torch.from_numpy((2 * (src + x1 - sx1) + 1) / w - 1).float()   # grid_sample's [-1, 1]
+        gy = torch.from_numpy((2 * (src + y1 - sy1) + 1) / h - 1).float()
+        grid = torch.stack([gx[None, :].expand(out_size, -1), gy[:, None].expand(-1, out_size)], -1)[None]
+        crop = F.grid_sample(data, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        crop = crop.round_().clamp_(0, 255).to(torch.uint8)                  # (3, out, out)
     scale = out_size / side
-    crop = F.interpolate(crop[None].float(), size=(out_size, out_size), mode="bilinear",
-                         align_corners=False)[0].round_().clamp_(0, 255).to(torch.uint8)
     if not with_mask:
         return crop, scale
-    pad = torch.ones(1, 1, side, side)
-    if sx2 > sx1 and sy2 > sy1:
-        pad[..., sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = 0
-    mask = F.interpolate(pad, size=(out_size, out_size), mode="bilinear", align_corners=False)[0, 0] > 0
-    return crop, scale, mask
+    pad_y = _reads_padding(src, sy1 - y1, sy2 - y1)      # separable: the data is a rectangle
+    pad_x = _reads_padding(src, sx1 - x1, sx2 - x1)
+    return crop, scale, torch.from_numpy(pad_y[:, None] | pad_x[None, :])
 
 
 def box_in_crop_norm(box, box_extract, resize_factor: float, out_size: int) -> torch.Tensor:
@@ -138,14 +152,6 @@ def map_box_back(box_cxcywh, prev_box, resize_factor: float, out_size: int) -> l
     return [cx - 0.5 * w, cy - 0.5 * h, w, h]
 
 
-def box_to_search_crop(box, prev_box, resize_factor: float, out_size: int) -> list[float]:
-    """The exact inverse of `map_box_back`: image [x, y, w, h] -> (cx, cy, w, h) crop px at image scale."""
-    x, y, w, h = (float(v) for v in box)
-    px, py, pw, ph = (float(v) for v in prev_box)
-    half = 0.5 * out_size / resize_factor
-    return [x + 0.5 * w - (px + 0.5 * pw - half), y + 0.5 * h - (py + 0.5 * ph - half), w, h]
-
-
 def clip_box(box, H: int, W: int, margin: int = 10) -> list[float]:
     """Official `clip_box`: keep at least `margin` px of the box inside the image, w, h >= margin."""
     x1, y1, w, h = (float(v) for v in box)
@@ -165,69 +171,19 @@ def normalize_image(crop: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading the official files (every error names file and line)
+# Reading the official files (every error names file and line). Boxes, 0/1 flags, numbers and
+# sequence lists are read by eval/sot.py's readers, the ones the scores use.
 # ----------------------------------------------------------------------------------------------
 
-_SEP = re.compile(r"\s*,\s*|\s+")
-
-
-def read_boxes(path) -> np.ndarray:
-    """One `x,y,w,h` per line (comma, tab or space separated) -> (T, 4) float64.
-
-    A wrong column count, a non-number, NaN/inf or a negative w/h raises ValueError "path:line".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        fields = _SEP.split(line)
-        if len(fields) != 4:
-            raise ValueError(f"{path}:{n}: expected 4 values x,y,w,h, got {len(fields)}: {line!r}")
-        try:
-            box = [float(f) for f in fields]
-        except ValueError:
-            raise ValueError(f"{path}:{n}: not a number in {line!r}") from None
-        if not all(math.isfinite(v) for v in box):
-            raise ValueError(f"{path}:{n}: NaN or inf in {line!r}")
-        if box[2] < 0 or box[3] < 0:
-            raise ValueError(f"{path}:{n}: negative width or height in {line!r}")
-        rows.append(box)
-    if not rows:
-        raise ValueError(f"{path}: no boxes")
-    return np.asarray(rows, dtype=np.float64)
-
-
-def read_labels(path, length: int, allowed=None) -> np.ndarray:
-    """Integers separated by commas, spaces or newlines (GOT-10k .label, LaSOT flags) -> (length,)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: label file not found")
-    values = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        for f in _SEP.split(line.strip()) if line.strip() else []:
-            try:
-                values.append(int(float(f)))
-            except ValueError:
-                raise ValueError(f"{path}:{n}: not a number: {f!r}") from None
-            if allowed is not None and values[-1] not in allowed:
-                raise ValueError(f"{path}:{n}: value {values[-1]} not in {sorted(allowed)}")
-    if len(values) != length:
-        raise ValueError(f"{path}: {len(values)} values, the annotation has {length} frames")
-    return np.asarray(values, dtype=np.int64)
-
-
-def read_names(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sequence list not found")
-    names = [s.strip() for s in path.read_text().splitlines() if s.strip()]
-    if not names:
-        raise ValueError(f"{path}: empty sequence list")
-    return names
+def read_cover(path, length: int) -> np.ndarray:
+    """GOT-10k `cover.label`: one visible-ratio class 0..8 per frame -> (length,) int64."""
+    cover = read_numbers(path)
+    if len(cover) != length:
+        raise ValueError(f"{path}: {len(cover)} values, the annotation has {length} frames")
+    bad = cover[~np.isin(cover, np.arange(9))]
+    if len(bad):
+        raise ValueError(f"{path}: cover classes are 0..8, found {bad[0]:g}")
+    return cover.astype(np.int64)
 
 
 def read_image(path) -> np.ndarray:
@@ -269,11 +225,15 @@ class GOT10k:
                 raise FileNotFoundError(
                     f"{self.root}: got10k_vot_{split[3:]}_split.txt not found (copy it from "
                     "pytracking's ltr/data_specs/ into the GOT-10k root)")
-            everything = read_names(self.dir / "list.txt")
-            self.names = [everything[int(i)] for i in read_names(split_file)]
+            everything = read_sequence_list(self.dir / "list.txt")
+            ids = read_numbers(split_file)                   # indices into train/list.txt
+            if not np.isin(ids, np.arange(len(everything))).all():
+                raise ValueError(f"{split_file}: indices must be integers 0..{len(everything) - 1} "
+                                 f"(rows of {self.dir / 'list.txt'})")
+            self.names = [everything[int(i)] for i in ids]
         elif split in ("train", "val", "test"):
             self.dir = self.root / split
-            self.names = read_names(self.dir / "list.txt")
+            self.names = read_sequence_list(self.dir / "list.txt")
         else:
             raise ValueError(f"unknown GOT-10k split {split!r}")
 
@@ -286,9 +246,9 @@ class GOT10k:
         valid = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
         if self.split == "test":                        # only the first box, no labels released
             return {"boxes": boxes, "visible": valid}
-        absence = read_labels(d / "absence.label", len(boxes), {0, 1})
-        cover = read_labels(d / "cover.label", len(boxes), set(range(9)))
-        return {"boxes": boxes, "visible": (absence == 0) & (cover > 0) & valid}
+        absence = read_flags(d / "absence.label", len(boxes))
+        cover = read_cover(d / "cover.label", len(boxes))
+        return {"boxes": boxes, "visible": ~absence & (cover > 0) & valid}
 
     def frame_path(self, i: int, f: int) -> Path:
         return self.dir / self.names[i] / f"{f + 1:08d}.jpg"
@@ -308,7 +268,7 @@ class LaSOT:
             if not listing.is_file():
                 raise FileNotFoundError(f"{listing}: not found; the LaSOT release ships "
                                         "training_set.txt / testing_set.txt (the official split)")
-            self.names = read_names(listing)
+            self.names = read_sequence_list(listing)
         elif split == "all":
             self.names = sorted(p.parent.name for p in self.root.glob("*/*/groundtruth.txt"))
             if not self.names:
@@ -326,10 +286,10 @@ class LaSOT:
     def sequence_info(self, i: int) -> dict:
         d = self.seq_dir(i)
         boxes = read_boxes(d / "groundtruth.txt")
-        occluded = read_labels(d / "full_occlusion.txt", len(boxes), {0, 1})
-        out_of_view = read_labels(d / "out_of_view.txt", len(boxes), {0, 1})
+        occluded = read_flags(d / "full_occlusion.txt", len(boxes))
+        out_of_view = read_flags(d / "out_of_view.txt", len(boxes))
         valid = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
-        return {"boxes": boxes, "visible": (occluded == 0) & (out_of_view == 0) & valid}
+        return {"boxes": boxes, "visible": ~occluded & ~out_of_view & valid}
 
     def frame_path(self, i: int, f: int) -> Path:
         return self.seq_dir(i) / "img" / f"{f + 1:08d}.jpg"

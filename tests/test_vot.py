@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import dropmae
@@ -85,13 +86,58 @@ def test_sample_target_pixels_zero_padding_and_edge_quirk():
     assert scale == 0.5 and (crop == 100).all()
 
 
+def _box_to_search_crop(box, prev_box, resize_factor, out_size):
+    """The inverse of map_box_back: image [x, y, w, h] -> (cx, cy, w, h) crop px at image scale."""
+    x, y, w, h = box
+    px, py, pw, ph = prev_box
+    half = 0.5 * out_size / resize_factor
+    return [x + 0.5 * w - (px + 0.5 * pw - half), y + 0.5 * h - (py + 0.5 * ph - half), w, h]
+
+
+def _padded_crop_reference(image, box, factor, out):
+    """The official recipe written out: build the zero-padded side x side crop (with the
+    x2_pad quirk), then resize it bilinearly in float64 (crop before rounding, padding mask)."""
+    H, W = image.shape[:2]
+    x1, y1, side = vd.crop_window(box, factor)
+    sx1, sy1 = max(x1, 0), max(y1, 0)
+    sx2, sy2 = min(x1 + side, W - 1) if x1 + side >= W else x1 + side, \
+        min(y1 + side, H - 1) if y1 + side >= H else y1 + side
+    crop = torch.zeros(1, 3, side, side, dtype=torch.float64)
+    pad = torch.ones(1, 1, side, side, dtype=torch.float64)
+    if sx2 > sx1 and sy2 > sy1:
+        crop[0, :, sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = torch.from_numpy(
+            image[sy1:sy2, sx1:sx2].astype(np.float64)).permute(2, 0, 1)
+        pad[..., sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = 0
+    resize = lambda t: F.interpolate(t, size=(out, out), mode="bilinear", align_corners=False)[0]
+    return resize(crop), resize(pad)[0] > 0
+
+
+def test_sample_target_equals_the_padded_crop_resized_without_building_it():
+    """The crop is interpolated straight from the image: same pixels (to rounding) and the same
+    padding mask as resizing the explicit zero-padded crop, for up- and down-scaling and boxes
+    hanging off every edge; a box whose crop side is 20000 px (1.2 GB as a padded uint8 crop)
+    costs only the output."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    for _ in range(60):
+        box = [rng.uniform(-30, 100), rng.uniform(-30, 75), rng.uniform(1, 40), rng.uniform(1, 40)]
+        out, factor = int(rng.choice([7, 32, 128])), float(rng.choice([2.0, 5.0]))
+        crop, scale, mask = vd.sample_target(img, box, factor, out, with_mask=True)
+        want, want_mask = _padded_crop_reference(img, box, factor, out)
+        assert scale == out / vd.crop_window(box, factor)[2]
+        assert (crop.double() - want).abs().max() <= 0.5 + 1e-3          # = round(want), to float
+        assert torch.equal(mask, want_mask)
+    crop, scale, mask = vd.sample_target(img, [0, 0, 4000, 4000], 5.0, 16, with_mask=True)
+    assert scale == 16 / 20000 and mask.all() and crop.shape == (3, 16, 16)
+
+
 def test_map_back_inverts_the_crop_mapping_and_training_labels_use_out_minus_one():
     rng = np.random.default_rng(0)
     for _ in range(20):
         box = (rng.uniform(0, 300, 4) + [0, 0, 5, 5]).tolist()
         prev = (rng.uniform(0, 300, 4) + [0, 0, 5, 5]).tolist()
         scale = float(rng.uniform(0.2, 3.0))
-        back = vd.map_box_back(vd.box_to_search_crop(box, prev, scale, 384), prev, scale, 384)
+        back = vd.map_box_back(_box_to_search_crop(box, prev, scale, 384), prev, scale, 384)
         np.testing.assert_allclose(back, box, rtol=0, atol=1e-9)
     # map_box_back by hand: prev [100, 50, 20, 40] (centre 110, 70), scale 2, out 384 -> the crop
     # spans 96 px either side: crop centre (96, 96) maps to the prev centre; (100, 90) -> (114, 64)
@@ -124,9 +170,7 @@ def test_clip_box_keeps_ten_pixels_inside():
 def test_box_conversions():
     xywh = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
     assert vd.xywh_to_xyxy(xywh).tolist() == [[10, 20, 40, 60]]
-    assert vd.xyxy_to_xywh(vd.xywh_to_xyxy(xywh)).tolist() == xywh.tolist()
     assert vd.cxcywh_to_xyxy(torch.tensor([[0.5, 0.5, 0.2, 0.4]]))[0].tolist() == pytest.approx([0.4, 0.3, 0.6, 0.7])
-    assert vd.xyxy_to_cxcywh(torch.tensor([[0.4, 0.3, 0.6, 0.7]]))[0].tolist() == pytest.approx([0.5, 0.5, 0.2, 0.4])
 
 
 def test_hann_window_values():
@@ -178,6 +222,23 @@ def test_focal_loss_hand_computed():
     # pos: log(.5) (1-.5)^2; neg: log(.8) .2^2 (1-.5)^4; one positive
     want = -(math.log(0.5) * 0.25 + math.log(0.8) * 0.04 * 0.0625)
     assert vot.focal_loss(pred, target).item() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("g,row", [(7, 3), (8, 3), (12, 5), (14, 6), (4, 1)])
+def test_template_centre_token_matches_generate_mask_cond(g, row):
+    """CTR_POINT: generate_mask_cond's slice(3,4) / (5,6) / (3,4) / (6,7) for 8 / 12 / 7 / 14
+    (the upper-left centre cell for even g); 12x12 -> (5, 5) = token 65; tiny 4x4 -> (1, 1)."""
+    assert vot.template_centre_index(g) == row * g + row
+    assert vot.template_centre_index(12) == 65
+
+
+def test_steplr_divides_by_ten_every_step_size_epochs():
+    """StepLR(step_size=80, gamma=0.1), stepped after each epoch: epoch e runs at
+    0.1 ** ((e - 1) // 80), so a second drop follows after 160 epochs (not one drop for good)."""
+    lr = [vot.lr_at(e, 1.0, 80) for e in (1, 80, 81, 160, 161)]
+    assert lr == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
+    with pytest.raises(ValueError, match="lr-drop"):
+        vot.resolve_train_config("got10k", "tiny", {"lr_drop": 0})
 
 
 def test_keep_rate_schedule_values():
@@ -368,6 +429,23 @@ def test_malformed_groundtruth_names_file_and_line(tmp_path, line, why):
         vd.read_boxes(p)
 
 
+def test_malformed_got10k_labels_and_split_indices_name_the_file(tmp_path):
+    seq = tmp_path / "train" / "S1"
+    seq.mkdir(parents=True)
+    (tmp_path / "train" / "list.txt").write_text("S1\n")
+    (seq / "groundtruth.txt").write_text("1,2,3,4\n1,2,3,4\n")
+    (seq / "absence.label").write_text("0\n1\n")
+    (seq / "cover.label").write_text("8\n9\n")                   # classes are 0..8
+    with pytest.raises(ValueError, match=re.escape(str(seq / "cover.label")) + ".*found 9"):
+        vd.GOT10k(tmp_path, "train").sequence_info(0)
+    (seq / "cover.label").write_text("8\n")                      # one value for two frames
+    with pytest.raises(ValueError, match="cover.label: 1 values"):
+        vd.GOT10k(tmp_path, "train").sequence_info(0)
+    (tmp_path / "got10k_vot_train_split.txt").write_text("0\n1\n")   # list.txt has 1 row
+    with pytest.raises(ValueError, match="got10k_vot_train_split.txt: indices must be"):
+        vd.GOT10k(tmp_path, "vottrain")
+
+
 def test_got10k_and_lasot_layouts_and_visibility(synth):
     got = vd.GOT10k(synth["got10k"], "train")
     assert got.names == ["GOT-10k_Train_000001", "GOT-10k_Train_000002"]
@@ -516,6 +594,25 @@ def test_data_errors_are_counted_with_the_file_never_silent(tmp_path):
         vd.TrackingPairs([_ImageSeqs([bad])], [1], 1, max_tries=3)[0]
 
 
+def test_joint_grayscale_and_flip_share_one_roll_for_template_and_search(tmp_path):
+    """ToGrayscale(0.05) and RandomHorizontalFlip(0.5) act on both full frames with one roll
+    (new_roll=False): with no jitter, equal crop geometry and no per-crop transforms, the
+    template and search crops of an image dataset are always identical; both flip states occur.
+    The frame flip maps x to (W - 1) - (x + w) (pytracking's pixel convention)."""
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[10:40, 14:30] = (200, 30, 30)                      # asymmetric: left part red, right green
+    img[10:40, 30:46] = (30, 200, 30)
+    path = tmp_path / "im.png"
+    Image.fromarray(img).save(path)
+    pairs = vd.TrackingPairs([_ImageSeqs([path])], [1], 24, sizes=(32, 32), factors=(2.0, 2.0),
+                             center_jitter=(0.0, 0.0), scale_jitter=(0.0, 0.0), train=False)
+    items = [pairs[i] for i in range(24)]
+    assert all(torch.equal(it["template"], it["search"]) for it in items)
+    assert len({it["template"][0, 16, 10].item() > it["template"][0, 16, 22].item() for it in items}) == 2
+    flipped, box = vd.hflip_frame(img, np.array([14.0, 10, 32, 30]))
+    assert box.tolist() == [63 - 46, 10, 32, 30] and np.array_equal(flipped[:, 0], img[:, 63])
+
+
 def test_pairs_are_a_function_of_seed_epoch_index(synth):
     ds = vd.TrackingPairs([vd.GOT10k(synth["got10k"], "train")], [1], 4, sizes=(64, 128))
     a, b = ds[1], ds[1]
@@ -540,6 +637,17 @@ def test_tiny_training_loss_falls_on_a_repeated_batch(synth):
     losses = [vot.train_step(model, batch, opt, 0.7, 0.1, "cpu")["loss"] for _ in range(12)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_loss_weights_of_the_config_reach_the_loss(synth):
+    """The config's (focal, GIoU, L1) weights are the ones run_epoch uses: with (0, 0, 1) the
+    logged loss is the L1 term alone (they were ignored, the default 1/2/5 always used)."""
+    ds = vd.TrackingPairs([vd.GOT10k(synth["got10k"], "train")], [1], 2, sizes=(64, 128))
+    batch = vd.collate_pairs([ds[0], ds[1]])
+    torch.manual_seed(0)
+    cfg = dict(vot.COMMON, focal_weight=0.0, giou_weight=0.0, l1_weight=1.0)
+    stats = vot.run_epoch(vot.build_model("tiny"), [batch], None, 1.0, cfg, "cpu", False, 0, 1)
+    assert stats["loss"] == pytest.approx(stats["l1"], rel=1e-6) and stats["location"] > 0
 
 
 def test_data_path_items(tmp_path):
