@@ -23,11 +23,14 @@ github facebookresearch/dino, `eval_video_segmentation.py`):
 Which frame vector: the encoder is pre-trained on pairs with a learned vector per frame
 (`temporal_pos_embed_x` on the earlier frame, `_z` on the later one). A single frame is encoded
 with `_x` (`--frame x`, default): the vector DropSeg and DropTrack give the frame being segmented
-or searched. `--frame z` and `--frame none` (no vector) are there to measure the choice.
+or searched. `--frame z` and `--frame none` (no vector) are there to measure the choice. An MAE
+checkpoint has no frame vectors (the encoder's would be random), so it always runs with none.
 
 Differences from DINO's script, on purpose: ImageNet std 0.229 for red (DINO's copy has 0.228);
 PIL bilinear resizing instead of OpenCV's; a channel whose values are all equal and positive is
-left as is by the min-max step (DINO divides 0 by 0 there).
+left as is by the min-max step (DINO divides 0 by 0 there); the frame is encoded without a cls
+token (our encoder has none, like DropMAE's; an MAE checkpoint's cls_token is dropped, where
+DINO's ViT runs its own cls token through the blocks).
 
 `propagate_labels` is a pure function on feature tensors (any features: tests use raw pixels).
 
@@ -163,6 +166,19 @@ def frame_size(h: int, w: int, short_side: int = 480, multiple: int = 64) -> tup
     return short_side, int(short_side * w / h // multiple * multiple)
 
 
+def load_encoder(path, model: str, frame: str) -> tuple[dropmae.ViTEncoder, str]:
+    """The frozen encoder from a DropMAE / MAE / our pre-training checkpoint, and the frame
+    vector to use: `frame` ('x', 'z' or 'none'), or 'none' when the checkpoint has no frame
+    vectors (MAE), since the encoder's own are random (N(0, 1) per channel) there."""
+    encoder = dropmae.ViTEncoder(dropmae.get_config(model))
+    report = dropmae.load_pretrained(path, encoder)
+    if frame != "none" and f"temporal_pos_embed_{frame}" in report["missing"]:
+        print(f"{path}: no frame vectors in this {report['kind']} checkpoint; encoding frames "
+              f"without one (--frame none)")
+        frame = "none"
+    return encoder.eval(), frame
+
+
 @torch.no_grad()
 def encode_frame(encoder: dropmae.ViTEncoder, img: torch.Tensor, frame: str | None) -> torch.Tensor:
     """(1, 3, H, W) normalised frame -> (H/p, W/p, D) last-layer tokens (after the final norm),
@@ -228,9 +244,8 @@ def main(argv=None):
     from tqdm import tqdm
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    encoder = dropmae.ViTEncoder(dropmae.get_config(args.model))
-    dropmae.load_pretrained(args.pretrained, encoder)
-    encoder.to(device).eval()
+    encoder, args.frame = load_encoder(args.pretrained, args.model, args.frame)
+    encoder.to(device)
     sequences = davis_sequences(args.data_path, 2017, args.split)
     scorable = not args.no_eval
     jobs = [(seq, *davis_frames(args.data_path, seq, all_annotated=scorable)) for seq in sequences]

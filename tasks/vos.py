@@ -31,9 +31,11 @@ Commands:
     python tasks/vos.py test --dataset davis17_val --data-path /tmp/vos_synth/DAVIS \\
         --ckpt runs/vos_tiny/checkpoint-200.pth --output runs/vos_tiny/davis17_val --resolution 0
 
-    # the paper: 8 GPUs x batch 4, 210k iterations
+    # the paper: 8 GPUs x batch 4, 210k iterations (yv_subset.txt: DropSeg's util/yv_subset.txt,
+    # 3464 train videos; without it every video of train/meta.json is used)
     torchrun --nproc_per_node=8 tasks/vos.py train --model base --data-path DAVIS2017_trainval \\
-        --ytvos-path YouTubeVOS2019 --pretrained dropmae_k700_800e.pth --output runs/dropseg
+        --ytvos-path YouTubeVOS2019 --ytvos-subset yv_subset.txt \\
+        --pretrained dropmae_k700_800e.pth --output runs/dropseg
     python tasks/vos.py test --dataset davis17_val --data-path DAVIS2017_trainval \\
         --ckpt runs/dropseg/checkpoint-210000.pth --output runs/dropseg/davis17_val
     python tasks/vos.py test --dataset davis16_val --data-path DAVIS2017_trainval \\
@@ -57,14 +59,15 @@ exist, the eval/davis.py CSVs and JSON.
 Known differences from the original code, on purpose: the augmentations are our PIL ports
 (same parameter ranges, same shared/per-frame split; not bit-identical to torchvision);
 randomness per item is a pure function of (seed, epoch, index); a resumed run starts a new epoch
-(the data order of the interrupted epoch is not replayed).
+(the data order of the interrupted epoch is not replayed); YouTube-VOS training frames are read
+at their own size (DropSeg reads STCN's 480p copy `train_480p`; the crop is relative to the
+frame, so only the interpolation differs); annotation id 255 (void) is never a training object.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import zipfile
@@ -80,6 +83,7 @@ from PIL import Image, ImageEnhance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
 from data import item_generator, normalize, random_resized_crop_box, sample_pair  # noqa: E402
+from eval.davis import VOID_ID, read_sequence_list  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -93,7 +97,6 @@ VOS_PRESETS = {
 }
 SEED = 14159265                  # DropSeg's seed, on every rank
 IM_MEAN = (124, 116, 104)        # fill of the per-frame affine (STCN's im_mean)
-VOID_ID = 255
 DATASETS = ("davis17_val", "davis16_val", "davis17_testdev", "ytvos19_valid")
 
 
@@ -371,26 +374,20 @@ def write_index_png(path, ids: np.ndarray, palette: list[int] | None):
 
 
 def davis_sequences(root, year: int, split: str) -> list[str]:
-    """Sequence names of `ImageSets/<year>/<split>.txt` (file order, duplicates once); every
-    listed sequence must have a `JPEGImages/480p/<seq>` folder."""
-    root = Path(root)
-    path = root / "ImageSets" / str(year) / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sequence list missing (DAVIS layout: "
-                                f"ImageSets/<year>/<split>.txt)")
-    names = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        name = line.strip()
-        if not name:
-            continue
-        folder = root / "JPEGImages" / "480p" / name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{path}:{lineno}: sequence {name!r} is listed but its "
-                                    f"frame folder {folder} does not exist")
-        names.append(name)
+    """Sequence names of `ImageSets/<year>/<split>.txt` as the scorer reads them (file order,
+    duplicates once: `eval.davis.read_sequence_list`); every listed sequence must have a
+    `JPEGImages/480p/<seq>` folder (the error names the list file and line)."""
+    names = read_sequence_list(root, split, year)
+    path = Path(root) / "ImageSets" / str(year) / f"{split}.txt"
     if not names:
         raise ValueError(f"{path}: no sequence listed")
-    return list(dict.fromkeys(names))
+    for name in names:
+        folder = Path(root) / "JPEGImages" / "480p" / name
+        if not folder.is_dir():
+            lineno = [line.strip() for line in path.read_text().splitlines()].index(name) + 1
+            raise FileNotFoundError(f"{path}:{lineno}: sequence {name!r} is listed but its "
+                                    f"frame folder {folder} does not exist")
+    return names
 
 
 def check_annotated(frames: list[Path], ann_dir: Path, img_dir: Path) -> list[Path]:
@@ -456,22 +453,55 @@ def davis_train_videos(root, split: str = "train", max_jump: int = 25) -> list[V
     return videos
 
 
-def ytvos_train_videos(root, max_jump: int = 5) -> list[Video]:
-    """YouTube-VOS 2019 train videos listed in train/meta.json. Its JPEGs are every 5th frame
-    of the video, so max_jump 25 // 5 = 5 keeps DAVIS's time span."""
+def read_subset(path, known) -> list[str]:
+    """A video list, one name per line (DropSeg's `util/yv_subset.txt`, 3464 YouTube-VOS train
+    videos) -> sorted names; every name must be in `known` (else an error naming the file and
+    line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: subset list missing")
+    names = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        name = line.strip()
+        if name and name not in known:
+            raise ValueError(f"{path}:{lineno}: video {name!r} is not in the dataset's meta.json")
+        if name:
+            names.append(name)
+    return sorted(set(names))
+
+
+def ytvos_train_videos(root, max_jump: int = 5, subset=None) -> list[Video]:
+    """YouTube-VOS 2019 train videos listed in train/meta.json (only those of the `subset`
+    file when given). Its JPEGs are every 5th frame of the video, so max_jump 25 // 5 = 5
+    keeps DAVIS's time span. Videos of one frame are left out (a pair needs two), as DropSeg
+    does."""
     split = Path(root) / "train"
+    names = sorted(read_meta(split / "meta.json"))
+    if subset:
+        names = read_subset(subset, set(names))
     videos = []
-    for vid in sorted(read_meta(split / "meta.json")):
+    for vid in names:
         img_dir, ann_dir = split / "JPEGImages" / vid, split / "Annotations" / vid
         frames = sorted(img_dir.glob("*.jpg"))
         if not frames:
             raise FileNotFoundError(f"{img_dir}: no .jpg frames for video {vid} of "
                                     f"{split / 'meta.json'}")
         masks = check_annotated(frames, ann_dir, img_dir)
-        if len(frames) >= 2:                                          # a pair needs two frames
+        if len(frames) >= 2:
             videos.append(Video(f"ytvos/{vid}", [str(p) for p in frames],
                                 [str(p) for p in masks], max_jump))
     return videos
+
+
+def pair_frames(n: int, max_jump: int, g) -> tuple[int, int]:
+    """(reference, query) frame indices of an n-frame video, DropSeg's rule: start ~ U[0, n-2],
+    later ~ U[start+1, min(n, start+max_jump) - 1] (`data.sample_pair`; the upper bound is
+    exclusive, so the gap is 1..max_jump-1), then the order is reversed with p 0.5 (the
+    reference may come after the query)."""
+    start, later = sample_pair(n, max_jump, g)
+    if torch.rand(1, generator=g).item() < 0.5:
+        return later, start                                                  # time reversal
+    return start, later
 
 
 def color_jitter_params(g, brightness: float, contrast: float, saturation: float):
@@ -548,14 +578,14 @@ def augment_pair(images, masks, size: int, g):
 class PairDataset(torch.utils.data.Dataset):
     """One (reference, query) pair per item; item i is video i (the list repeats DAVIS 5x).
 
-    Pair rule: start ~ U[0, n-2], query ~ U[start+1, min(n, start+max_jump) - 1], then the
-    order is reversed with p 0.5 (the reference may come later). Objects: a random id present
-    in the augmented reference mask, plus a second random one when there is one; up to 5 draws
-    of frames when the reference shows no object (then an all-background item). All randomness
-    comes from `item_generator(seed, epoch, index)`.
+    Frames: `pair_frames`. Objects: a random id present in the augmented reference mask, plus a
+    second random one when there is one (selector [1, 1], else [1, 0]); up to 5 draws of frames
+    when the reference shows no object, then an all-background item that still has selector
+    [1, 0], as in DropSeg (object 1 is an empty mask whose target is all background). All
+    randomness comes from `item_generator(seed, epoch, index)`.
 
     Item: ref_img, query_img (3, S, S); ref_masks (2, S, S) float 0/1; label (S, S) int64
-    (0 bg, 1 first object, 2 second object); selector (2,) float (1 = object present).
+    (0 bg, 1 first object, 2 second object); selector (2,) float (1 = object slot used).
     """
 
     def __init__(self, videos: list[Video], size: int, seed: int = SEED, trials: int = 5):
@@ -580,9 +610,7 @@ class PairDataset(torch.utils.data.Dataset):
         g = item_generator(self.seed, self.epoch, index)
         video = self.videos[index]
         for _ in range(self.trials):
-            i, j = sample_pair(len(video.frames), video.max_jump, g)
-            if torch.rand(1, generator=g).item() < 0.5:
-                i, j = j, i                                                   # time reversal
+            i, j = pair_frames(len(video.frames), video.max_jump, g)
             (img_a, mask_a), (img_b, mask_b) = self.load(video, i), self.load(video, j)
             imgs, masks = augment_pair([img_a, img_b], [mask_a, mask_b], self.size, g)
             ids = [int(v) for v in torch.unique(masks[0]) if 0 < v < VOID_ID]
@@ -595,11 +623,10 @@ class PairDataset(torch.utils.data.Dataset):
             chosen.append(ids[int(torch.randint(len(ids), (1,), generator=g))])
         ref_masks = torch.zeros(2, self.size, self.size)
         label = torch.zeros(self.size, self.size, dtype=torch.int64)
-        selector = torch.zeros(2)
+        selector = torch.tensor([1.0, float(len(chosen) == 2)])
         for k, obj in enumerate(chosen):
             ref_masks[k] = (masks[0] == obj).float()
             label[masks[1] == obj] = k + 1
-            selector[k] = 1.0
         return {"ref_img": imgs[0], "query_img": imgs[1], "ref_masks": ref_masks,
                 "label": label, "selector": selector}
 
@@ -628,18 +655,23 @@ def train_step(net, batch: dict, optimizer, scaler, p: float, device, amp: bool)
 
 
 def train(args):
+    """The `train` command: DAVIS x davis_repeat + YouTube-VOS pairs, Adam, bootstrapped CE."""
     # config
     preset = VOS_PRESETS[args.model]
     args.size = args.size or preset["size"]
+    if args.max_jump < 2 or (args.ytvos_path and args.max_jump // 5 < 2):
+        raise SystemExit(f"--max-jump {args.max_jump}: the frame gap bound must be >= 2 "
+                         f"(>= 10 with YouTube-VOS, which gets max_jump // 5)")
     rank, world, local_rank, device = dropmae.init_distributed()
     amp = device.type == "cuda" and not args.no_amp
     torch.manual_seed(args.seed)
     # data: DAVIS train x davis_repeat + YouTube-VOS train, one item per video per epoch
     videos = []
     if args.data_path:
-        videos += davis_train_videos(args.data_path, args.davis_split) * args.davis_repeat
-    if args.ytvos_path:
-        videos += ytvos_train_videos(args.ytvos_path)
+        videos += davis_train_videos(args.data_path, args.davis_split,
+                                     args.max_jump) * args.davis_repeat
+    if args.ytvos_path:               # its JPEGs are every 5th frame: the same span in time
+        videos += ytvos_train_videos(args.ytvos_path, args.max_jump // 5, args.ytvos_subset)
     if not videos:
         raise SystemExit("give --data-path (DAVIS-2017 trainval) and/or --ytvos-path")
     dataset = PairDataset(videos, args.size, args.seed)
@@ -748,11 +780,14 @@ def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 def processing_size(h: int, w: int, short_side: int) -> tuple[int, int]:
-    """(H, W) with the shorter side = short_side (aspect kept, rounded); 0 keeps (h, w)."""
+    """(H, W) with the shorter side = short_side, the longer one int(short_side * long / short)
+    (truncated, as torchvision's Resize(480) that STCN's test datasets use: 720x1280 ->
+    480x853); 0 keeps (h, w)."""
     if short_side <= 0 or min(h, w) == short_side:
         return h, w
-    s = short_side / min(h, w)
-    return int(round(h * s)), int(round(w * s))
+    if h <= w:
+        return short_side, int(short_side * w / h)
+    return int(short_side * h / w), short_side
 
 
 @dataclass
@@ -761,58 +796,6 @@ class Target:
     obj_id: int
     start: int
     mask: np.ndarray             # (H0, W0) bool at the annotation's size
-
-
-@torch.no_grad()
-def segment_sequence(model, frame_paths: list, targets: list[Target], short_side: int, device,
-                     amp: bool = False):
-    """Yield (t, ids (H0, W0) uint8) for every frame: each object k is segmented from
-    (its reference frame, its mask) -> frame t for t > start_k, absent before; on a frame
-    where masks are given they override the prediction (frame 0 of DAVIS is its GT)."""
-    size0 = targets[0].mask.shape if targets else None
-    first = read_image(frame_paths[0])
-    H0, W0 = size0 or (first.height, first.width)
-    h, w = processing_size(H0, W0, short_side)
-
-    def load(t):
-        img = first if t == 0 else read_image(frame_paths[t])
-        if (img.height, img.width) != (H0, W0):
-            raise ValueError(f"{frame_paths[t]}: frame is {img.width}x{img.height}, the "
-                             f"annotation is {W0}x{H0}")
-        if (h, w) != (H0, W0):
-            img = img.resize((w, h), Image.Resampling.BICUBIC)
-        return pad_divide_by(normalize(img).unsqueeze(0))[0].to(device)          # (1, 3, Hp, Wp)
-
-    masks = []
-    for tg in targets:
-        m = Image.fromarray(tg.mask.astype(np.uint8))
-        if (h, w) != (H0, W0):
-            m = m.resize((w, h), Image.Resampling.NEAREST)
-        masks.append(torch.from_numpy(np.array(m, dtype=np.float32)))
-    ref_imgs = {t: load(t) for t in sorted({tg.start for tg in targets})}
-    pad = None
-    if targets:
-        ref_img = torch.cat([ref_imgs[tg.start] for tg in targets])                 # (K, 3, ...)
-        ref_mask, pad = pad_divide_by(torch.stack(masks)[:, None])                  # (K, 1, ...)
-        ref_mask = ref_mask.to(device)
-    labels = torch.tensor([0] + [tg.obj_id for tg in targets], dtype=torch.uint8)
-    for t in range(len(frame_paths)):
-        active = [tg.start < t for tg in targets]
-        ids = np.zeros((H0, W0), np.uint8)
-        if any(active):
-            query = ref_imgs[t] if t in ref_imgs else load(t)
-            sel = torch.tensor(active, dtype=torch.float32, device=device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = model(ref_img, ref_mask, query.expand(len(targets), -1, -1, -1))
-            prob = torch.sigmoid(logits.float())[:, 0] * sel[:, None, None]           # (K, Hp, Wp)
-            prob = unpad(soft_aggregate(prob[None]).softmax(1), pad)             # (1, K+1, h, w)
-            if (h, w) != (H0, W0):
-                prob = F.interpolate(prob, size=(H0, W0), mode="bilinear", align_corners=False)
-            ids = labels[prob[0].argmax(0).cpu()].numpy()
-        for tg in targets:
-            if tg.start == t:
-                ids[tg.mask] = tg.obj_id
-        yield t, ids
 
 
 def davis_targets(mask_path, year: int) -> list[Target]:
@@ -836,6 +819,10 @@ def ytvos_targets(split_dir: Path, vid: str, objects: dict, frame_names: list[st
             raise ValueError(f"{split_dir / 'meta.json'}: object {key} of {vid} starts at frame "
                              f"{first}, which is not in {split_dir / 'JPEGImages' / vid}")
         ids, _ = read_mask(path)
+        if targets and ids.shape != targets[0].mask.shape:
+            raise ValueError(f"{path}: annotation is {ids.shape[1]}x{ids.shape[0]}, the first "
+                             f"one of {vid} is {targets[0].mask.shape[1]}x"
+                             f"{targets[0].mask.shape[0]}")
         targets.append(Target(int(key), frame_names.index(first), ids == int(key)))
     return targets
 
@@ -869,6 +856,63 @@ def inference_jobs(dataset: str, root) -> tuple[list, bool]:
     return jobs, False
 
 
+@torch.no_grad()
+def segment_sequence(model, frame_paths: list, targets: list[Target], short_side: int, device,
+                     amp: bool = False):
+    """Yield (t, ids (H0, W0) uint8) for every frame: each object k is segmented from
+    (its reference frame, its mask) -> frame t for t > start_k, one backbone pass per object
+    and frame, and is absent before; on a frame where masks are given they override the
+    prediction (frame 0 of DAVIS is its GT). Frames are resized to `short_side` (bicubic;
+    masks nearest), padded to multiples of 16; the aggregated probabilities are unpadded,
+    resized bilinearly to the annotation size and argmax'ed. `amp`: fp16 autocast (CUDA)."""
+    size0 = targets[0].mask.shape if targets else None
+    first = read_image(frame_paths[0])
+    H0, W0 = size0 or (first.height, first.width)
+    h, w = processing_size(H0, W0, short_side)
+
+    def load(t):
+        img = first if t == 0 else read_image(frame_paths[t])
+        if (img.height, img.width) != (H0, W0):
+            raise ValueError(f"{frame_paths[t]}: frame is {img.width}x{img.height}, the "
+                             f"annotation is {W0}x{H0}")
+        if (h, w) != (H0, W0):
+            img = img.resize((w, h), Image.Resampling.BICUBIC)
+        return pad_divide_by(normalize(img).unsqueeze(0))[0].to(device)          # (1, 3, Hp, Wp)
+
+    masks = []
+    for tg in targets:
+        m = Image.fromarray(tg.mask.astype(np.uint8))
+        if (h, w) != (H0, W0):
+            m = m.resize((w, h), Image.Resampling.NEAREST)
+        masks.append(torch.from_numpy(np.array(m, dtype=np.float32)))
+    ref_imgs = {t: load(t) for t in sorted({tg.start for tg in targets})}
+    pad = None
+    if targets:
+        ref_img = torch.cat([ref_imgs[tg.start] for tg in targets])                 # (K, 3, ...)
+        ref_mask, pad = pad_divide_by(torch.stack(masks)[:, None])                  # (K, 1, ...)
+        ref_mask = ref_mask.to(device)
+    labels = torch.tensor([0] + [tg.obj_id for tg in targets], dtype=torch.uint8)
+    amp = amp and device.type == "cuda"
+    for t in range(len(frame_paths)):
+        active = [k for k, tg in enumerate(targets) if tg.start < t]
+        ids = np.zeros((H0, W0), np.uint8)
+        if active:
+            query = ref_imgs[t] if t in ref_imgs else load(t)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(ref_img[active], ref_mask[active],
+                               query.expand(len(active), -1, -1, -1))           # (A, 1, Hp, Wp)
+            prob = torch.zeros(len(targets), *ref_mask.shape[-2:], device=device)
+            prob[active] = torch.sigmoid(logits.float())[:, 0]                   # (K, Hp, Wp)
+            prob = unpad(soft_aggregate(prob[None]).softmax(1), pad)             # (1, K+1, h, w)
+            if (h, w) != (H0, W0):
+                prob = F.interpolate(prob, size=(H0, W0), mode="bilinear", align_corners=False)
+            ids = labels[prob[0].argmax(0).cpu()].numpy()
+        for tg in targets:
+            if tg.start == t:
+                ids[tg.mask] = tg.obj_id
+        yield t, ids
+
+
 def load_finetuned(path, device) -> tuple[DropSeg, dict]:
     """Our fine-tuned checkpoint -> (model in eval mode, its config); strict key match."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -881,6 +925,8 @@ def load_finetuned(path, device) -> tuple[DropSeg, dict]:
 
 
 def inference(args):
+    """The `test` command: PNGs in the official layout, timing.json, the submission zip (test-dev,
+    YouTube-VOS) or the eval.davis scores (val) -> the eval.davis result dict or None."""
     from tqdm import tqdm
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_finetuned(args.ckpt, device)
@@ -1044,6 +1090,10 @@ def parse_args(argv=None):
     tr.add_argument("--bootstrap-p", type=float, default=0.15)
     tr.add_argument("--davis-split", default="train", help="ImageSets/2017/<split>.txt")
     tr.add_argument("--davis-repeat", type=int, default=5, help="DAVIS copies in the mix")
+    tr.add_argument("--ytvos-subset", default="",
+                    help="file of YouTube-VOS train videos to use (DropSeg: util/yv_subset.txt)")
+    tr.add_argument("--max-jump", type=int, default=25,
+                    help="DAVIS frame gap bound (exclusive); YouTube-VOS gets max_jump // 5")
     tr.add_argument("--workers", type=int, default=8, help="data loader workers per rank")
     tr.add_argument("--seed", type=int, default=SEED)
     tr.add_argument("--no-amp", action="store_true", help="fp32 on GPU (AMP is on by default)")
@@ -1061,7 +1111,8 @@ def parse_args(argv=None):
     te.add_argument("--resolution", type=int, default=480,
                     help="shorter side the model sees (480p; 0 = the frames' own size)")
     te.add_argument("--device", default="", help="default: cuda when available")
-    te.add_argument("--amp", action="store_true", help="fp16 autocast on GPU")
+    te.add_argument("--amp", action="store_true",
+                    help="fp16 autocast, GPU only (off by default, as in DropSeg's scripts)")
 
     sy = sub.add_parser("synthetic", help="write tiny DAVIS and YouTube-VOS folders")
     sy.add_argument("--out", required=True)

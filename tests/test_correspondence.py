@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import dropmae
 import tasks.correspondence as corr
@@ -133,6 +132,27 @@ def test_cli_writes_davis_pngs_and_scores(tmp_path):
             assert pred.shape == gt0.shape and pal == vos.davis_palette()
             assert pred.max() <= gt0.max()
         assert np.array_equal(vos.read_mask(out / seq / anns[0].name)[0], gt0)
+
+
+def test_mae_checkpoint_is_encoded_without_a_frame_vector(tmp_path):
+    """An MAE file has no temporal_pos_embed_x / _z; the encoder's would be random N(0, 1)
+    vectors added to every token, so --frame x falls back to none there. A DropMAE file keeps
+    --frame x and loads its vector."""
+    torch.manual_seed(0)
+    state = dropmae.ViTEncoder(dropmae.get_config("tiny")).state_dict()
+    mae = {k: v for k, v in state.items() if not k.startswith("temporal_pos_embed")}
+    mae["cls_token"] = torch.zeros(1, 1, 96)
+    torch.save({"model": mae}, tmp_path / "mae.pth")
+    encoder, frame = corr.load_encoder(tmp_path / "mae.pth", "tiny", "x")
+    assert frame == "none"
+    assert torch.equal(encoder.state_dict()["blocks.0.attn.qkv.weight"],
+                       state["blocks.0.attn.qkv.weight"])
+    torch.save({"model": dropmae.DropMAE(dropmae.get_config("tiny")).state_dict()},
+               tmp_path / "dropmae.pth")
+    ref = torch.load(tmp_path / "dropmae.pth", weights_only=True)["model"]
+    encoder, frame = corr.load_encoder(tmp_path / "dropmae.pth", "tiny", "x")
+    assert frame == "x"
+    assert torch.equal(encoder.temporal_pos_embed_x, ref["temporal_pos_embed_x"])
 
 
 def test_bad_frame_size_is_an_error_naming_the_annotation(tmp_path):

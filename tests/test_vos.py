@@ -14,6 +14,7 @@ from PIL import Image
 
 import dropmae
 import tasks.vos as vos
+from data import normalize
 from eval.davis import evaluate_davis
 
 SIZE = (64, 96)          # synthetic frames (H, W)
@@ -102,6 +103,62 @@ def test_forward_shapes_any_grid_and_mask_matters():
     assert (a - b).abs().max() > 1e-4
 
 
+def test_tokens_are_assembled_as_dropseg(monkeypatch):
+    """B.1 token assembly: reference = patch_embed(rgb) + mask_patch_embed(mask) (summed, not
+    concatenated: 6 + 6 tokens on a 2x3 grid) + table + `_z`; query = patch_embed(rgb) + table +
+    `_x`; the same table for both frames, the frozen 4x4 training table resized bicubically to
+    the input grid (not the 6x6 pre-training table resized directly); m16 = the query half of
+    the blocks' output."""
+    torch.manual_seed(0)
+    model = vos.build_model("tiny", 64).eval()
+    seen = {}
+    blocks, decoder = model.forward_tokens, model.stcn_decoder.forward
+
+    def spy_blocks(tokens):
+        seen["in"], seen["out"] = tokens, blocks(tokens)
+        return seen["out"]
+
+    def spy_decoder(m16, m8, m4):
+        seen["m16"] = m16
+        return decoder(m16, m8, m4)
+
+    monkeypatch.setattr(model, "forward_tokens", spy_blocks)
+    monkeypatch.setattr(model.stcn_decoder, "forward", spy_decoder)
+    ref, query = torch.randn(1, 3, 32, 48), torch.randn(1, 3, 32, 48)
+    mask = torch.zeros(1, 1, 32, 48)
+    mask[..., :16, 16:] = 1
+    with torch.no_grad():
+        model(ref, mask, query)
+        pos = dropmae.resize_pos_embed(model.pos_embed_two_frame, (2, 3), (4, 4))
+        ref_tokens = (model.patch_embed(ref) + model.mask_patch_embed(mask) + pos
+                      + model.temporal_pos_embed_z)
+        query_tokens = model.patch_embed(query) + pos + model.temporal_pos_embed_x
+    assert seen["in"].shape == (1, 12, 96)
+    assert torch.allclose(seen["in"], torch.cat([ref_tokens, query_tokens], 1), atol=1e-6)
+    assert not torch.allclose(pos, model.spatial_pos_embed((2, 3)), atol=1e-3)
+    assert torch.equal(seen["m16"], seen["out"][:, 6:].transpose(1, 2).reshape(1, 96, 2, 3))
+
+
+def test_one_backbone_pass_per_object_then_soft_aggregation():
+    """B.1 multi-object: object k's logit comes from its own pass over (reference RGB, its own
+    mask, query); segment_objects = log(q / (1 - q)) of q = [prod(1 - p_k), p_1, p_2] with
+    p_k = sigmoid(pass k) x selector, clamped to [1e-7, 1 - 1e-7], assembled here by hand."""
+    torch.manual_seed(0)
+    model = vos.build_model("tiny", 64).eval()
+    ref, query = torch.randn(2, 3, 32, 48), torch.randn(2, 3, 32, 48)
+    masks = torch.zeros(2, 2, 32, 48)
+    masks[:, 0, :16, :16] = 1
+    masks[0, 1, 16:, 16:] = 1                                    # sample 1 has one object only
+    selector = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    with torch.no_grad():
+        out = vos.segment_objects(model, ref, masks, query, selector)
+        p = torch.cat([torch.sigmoid(model(ref, masks[:, k:k + 1], query)) for k in range(2)], 1)
+        p = p * selector[:, :, None, None]
+        q = torch.cat([(1 - p).prod(1, keepdim=True), p], 1).clamp(1e-7, 1 - 1e-7)
+    assert out.shape == (2, 3, 32, 48)
+    assert torch.allclose(out, torch.log(q / (1 - q)), atol=1e-4)
+
+
 def test_base_preset_widths_are_dropseg():
     """base: mask patch conv 1->768 16x16, fpn2 ConvT 768->512 k2s2, fpn1 ConvT 768->768, LN2d,
     GELU, ConvT 768->256, compress ResBlock 768->512, UpsampleBlock(512,512,256),
@@ -137,6 +194,17 @@ def test_pad_and_unpad_are_inverse():
     y = torch.randn(1, 32, 48)
     same, pad = vos.pad_divide_by(y)
     assert pad == (0, 0, 0, 0) and torch.equal(vos.unpad(same, pad), y)
+
+
+def test_processing_size_truncates_like_torchvision_resize():
+    """Inference size (B.3): shorter side 480, longer int(480 * long / short) as
+    torchvision's Resize(480) in STCN's test sets: 500x833 -> 480x799 (799.68 truncated);
+    480p frames and --resolution 0 keep their size."""
+    assert vos.processing_size(720, 1280, 480) == (480, 853)
+    assert vos.processing_size(500, 833, 480) == (480, 799)
+    assert vos.processing_size(833, 500, 480) == (799, 480)
+    assert vos.processing_size(480, 854, 480) == (480, 854)
+    assert vos.processing_size(37, 50, 0) == (37, 50)
 
 
 # -------------------------------------------------------------------------- schedules, loss
@@ -201,6 +269,29 @@ def test_dropmae_checkpoint_loads_with_exact_key_lists(tiny_dropmae):
         assert torch.equal(model.state_dict()[key], sd[key])
     expected = dropmae.resize_pos_embed(sd["pos_embed"][:, 1:], (4, 4), (6, 6))
     assert torch.allclose(model.pos_embed_two_frame, expected)
+
+
+def test_mae_and_our_checkpoints_load_with_exact_key_lists(tmp_path, tiny_dropmae):
+    """B.4 for the other two formats. MAE (cls_token, no frame vectors): missing = DropSeg's
+    new keys + both frame vectors (kept at their random init, as DropSeg's fresh ones), dropped
+    = [cls_token]. Ours (a pre-training checkpoint with 'config'): the DropMAE lists. The
+    two-frame table is rebuilt from the loaded pos_embed in both."""
+    sd = torch.load(tiny_dropmae, weights_only=True)["model"]
+    encoder_keys = set(vos.build_model("tiny", 64).state_dict()) - set(EXPECTED_NEW_KEYS_TINY)
+    mae = {k: v for k, v in sd.items() if k in encoder_keys and "temporal" not in k}
+    mae["cls_token"] = torch.zeros(1, 1, 96)
+    mae["pos_embed"] = mae["pos_embed"] + 0.5                        # visible in the table
+    torch.save({"model": mae}, tmp_path / "mae.pth")
+    model = vos.build_model("tiny", 64)
+    report = vos.load_backbone(tmp_path / "mae.pth", model, verbose=False)
+    assert report["kind"] == "mae" and report["dropped"] == ["cls_token"]
+    assert report["missing"] == sorted(EXPECTED_NEW_KEYS_TINY
+                                       + ["temporal_pos_embed_x", "temporal_pos_embed_z"])
+    expected = dropmae.resize_pos_embed(mae["pos_embed"][:, 1:], (4, 4), (6, 6))
+    assert torch.allclose(model.pos_embed_two_frame, expected)
+    torch.save({"model": sd, "config": {"model": "tiny"}}, tmp_path / "ours.pth")
+    report = vos.load_backbone(tmp_path / "ours.pth", vos.build_model("tiny", 64), verbose=False)
+    assert report["kind"] == "ours" and report["missing"] == EXPECTED_NEW_KEYS_TINY
 
 
 def test_foreign_key_in_checkpoint_is_an_error(tmp_path, tiny_dropmae):
@@ -283,8 +374,9 @@ def test_davis_targets_object_count_and_void(tmp_path):
 
 def test_pair_item_shapes_objects_and_determinism(davis, ytvos):
     """Items: normalised frames (3, S, S), binary reference masks of objects present in the
-    reference, labels in {0, 1, 2} only for selected objects, deterministic per (seed, epoch,
-    index), different across epochs. YouTube-VOS videos get max_jump 5, DAVIS 25."""
+    reference, selector [1, 1] with two objects and [1, 0] with one (DropSeg), labels in
+    {0, 1, 2} only for selected objects, deterministic per (seed, epoch, index), different
+    across epochs. YouTube-VOS videos get max_jump 5, DAVIS 25."""
     videos = vos.davis_train_videos(davis) + vos.ytvos_train_videos(ytvos)
     assert [v.max_jump for v in videos] == [25, 25, 25, 5, 5]
     ds = vos.PairDataset(videos, 64, seed=3)
@@ -292,16 +384,84 @@ def test_pair_item_shapes_objects_and_determinism(davis, ytvos):
         item = ds[i]
         assert item["ref_img"].shape == item["query_img"].shape == (3, 64, 64)
         assert set(item["ref_masks"].unique().tolist()) <= {0.0, 1.0}
-        for k in range(2):
-            present = item["ref_masks"][k].sum() > 0
-            assert bool(present) == bool(item["selector"][k])
-            if not item["selector"][k]:
-                assert not (item["label"] == k + 1).any()
+        assert item["selector"][0] == 1.0
+        assert bool(item["ref_masks"][1].sum() > 0) == bool(item["selector"][1])
+        if not item["selector"][1]:
+            assert not (item["label"] == 2).any()
         assert set(item["label"].unique().tolist()) <= {0, 1, 2}
     a, b = ds[0], ds[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
     ds.set_epoch(1)
     assert not torch.equal(ds[0]["ref_img"], a["ref_img"])
+
+
+def test_item_without_objects_keeps_selector_1_0_and_a_learning_signal(tmp_path, davis):
+    """No object in the reference after 5 draws: an all-background item with selector [1, 0]
+    (DropSeg's target_object = -1), not [0, 0]: object 1 is an empty mask whose target is
+    background, so the loss still has a gradient (with [0, 0] every probability is the clamp
+    floor and the gradient is exactly 0)."""
+    root = copy_davis(davis, tmp_path / "d")
+    for png in (root / "Annotations" / "480p" / "blobs-a").glob("*.png"):
+        vos.write_index_png(png, np.zeros(SIZE, np.uint8), vos.davis_palette())
+    ds = vos.PairDataset(vos.davis_train_videos(root)[:1], 64)
+    item = ds[0]
+    assert item["selector"].tolist() == [1.0, 0.0]
+    assert item["ref_masks"].abs().sum() == 0 and item["label"].abs().sum() == 0
+    torch.manual_seed(0)
+    model = vos.build_model("tiny", 64)
+    batch = torch.utils.data.default_collate([item])
+    logits = vos.segment_objects(model, batch["ref_img"], batch["ref_masks"],
+                                 batch["query_img"], batch["selector"])
+    vos.bootstrapped_ce(logits, batch["label"], 1.0).backward()
+    assert model.stcn_decoder.pred.bias.grad.abs().item() > 0
+
+
+def test_pair_frames_exclusive_bound_and_time_reversal():
+    """Pair rule (B.2): start in [0, n-2], the later frame in [start+1, min(n, start+max_jump))
+    (exclusive: with max_jump 3 the gap is 1 or 2, never 3), then reversed with p 0.5.
+    n = 10: every frame appears, 50% +- 4% of 4000 pairs have the reference later; n = 2 gives
+    (0, 1) or (1, 0)."""
+    g = torch.Generator().manual_seed(0)
+    pairs = [vos.pair_frames(10, 3, g) for _ in range(4000)]
+    assert {abs(a - b) for a, b in pairs} == {1, 2}
+    assert {a for a, _ in pairs} | {b for _, b in pairs} == set(range(10))
+    assert 0.46 < sum(a > b for a, b in pairs) / len(pairs) < 0.54
+    assert {vos.pair_frames(2, 25, g) for _ in range(40)} == {(0, 1), (1, 0)}
+
+
+def test_augmentation_shared_per_frame_nearest_and_fill(monkeypatch):
+    """B.2 augmentation. With the per-frame parts neutralised (affine 0 deg, jitter 0.01 ->
+    identity), two identical frames come out identical: flip, crop, jitter 0.1 and grayscale
+    are shared. With the real per-frame draws they differ (the affine is per frame). Masks are
+    resampled nearest (ids stay in {3, 7} plus the fill 0); a 45 deg turn fills the image
+    corner with IM_MEAN (normalised) and the mask corner with 0."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8))
+    ids = np.full((80, 100), 3, np.uint8)
+    ids[:, 50:] = 7
+    mask = Image.fromarray(ids)
+    real_jitter = vos.color_jitter_params
+
+    def no_pair_jitter(g, b, c, s):
+        params = real_jitter(g, b, c, s)                       # same draws, same stream
+        return ([1.0, 1.0, 1.0], params[1]) if b == 0.01 else params
+
+    g = torch.Generator().manual_seed(1)
+    imgs, masks = vos.augment_pair([img, img], [mask, mask], 64, g)
+    assert not torch.equal(imgs[0], imgs[1])
+    assert set(masks.unique().tolist()) <= {0, 3, 7}
+    monkeypatch.setattr(vos, "color_jitter_params", no_pair_jitter)
+    monkeypatch.setattr(vos, "affine_params", lambda g: (0.0, 0.0))
+    for seed in range(4):
+        imgs, masks = vos.augment_pair([img, img], [mask, mask], 64,
+                                       torch.Generator().manual_seed(seed))
+        assert torch.equal(imgs[0], imgs[1]) and torch.equal(masks[0], masks[1])
+        assert set(masks.unique().tolist()) <= {3, 7}
+    monkeypatch.setattr(vos, "affine_params", lambda g: (45.0, 0.0))
+    imgs, masks = vos.augment_pair([img, img], [mask, mask], 64, torch.Generator().manual_seed(0))
+    fill = normalize(Image.new("RGB", (1, 1), vos.IM_MEAN))[:, 0, 0]
+    assert torch.allclose(imgs[:, :, 0, 0], fill.expand(2, 3), atol=1e-6)
+    assert masks[:, 0, 0].tolist() == [0, 0] and set(masks.unique().tolist()) == {0, 3, 7}
 
 
 def test_affine_identity_and_quarter_turn():
@@ -335,7 +495,8 @@ def test_loss_falls_on_a_repeated_batch(davis, tiny_dropmae):
 
 def test_train_cli_writes_run_folder_and_resumes(tmp_path, davis, ytvos, tiny_dropmae):
     """train: config.json, log.jsonl (one line per iteration at --print-freq 1), atomic
-    checkpoints keeping the newest 2; --resume auto continues from the latest iteration."""
+    checkpoints keeping the newest 2; --resume auto continues from the latest iteration; the
+    optimizer is Adam (coupled weight decay 1e-7, lr 2e-5), AMP off on the CPU."""
     out = tmp_path / "run"
     common = ["train", "--model", "tiny", "--data-path", str(davis), "--ytvos-path", str(ytvos),
               "--pretrained", str(tiny_dropmae), "--output", str(out), "--batch-size", "2",
@@ -353,6 +514,25 @@ def test_train_cli_writes_run_folder_and_resumes(tmp_path, davis, ytvos, tiny_dr
     assert log[-1]["epoch"] == 2 and all(math.isfinite(r["loss"]) for r in log)
     ckpt = torch.load(out / "checkpoint-4.pth", weights_only=True)
     assert ckpt["it"] == 4 and ckpt["config"]["model"] == "tiny"
+    group = ckpt["optimizer"]["param_groups"][0]               # Adam, not AdamW (B.2)
+    assert group["lr"] == 2e-5 and group["weight_decay"] == 1e-7
+    assert tuple(group["betas"]) == (0.9, 0.999) and group["decoupled_weight_decay"] is False
+    assert ckpt["config"]["max_jump"] == 25 and ckpt["config"]["amp"] is False   # CPU: no AMP
+
+
+def test_ytvos_subset_file_and_max_jump(tmp_path, ytvos, davis):
+    """--ytvos-subset (DropSeg's yv_subset.txt) keeps only the listed videos; a name not in
+    meta.json is an error naming the file and line. --max-jump below 10 with YouTube-VOS
+    (which gets max_jump // 5) stops before anything runs."""
+    (tmp_path / "yv_subset.txt").write_text("vid1\n\n")
+    subset = vos.ytvos_train_videos(ytvos, subset=tmp_path / "yv_subset.txt")
+    assert [v.name for v in subset] == ["ytvos/vid1"]
+    (tmp_path / "bad.txt").write_text("vid0\nvidX\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: video 'vidX'"):
+        vos.ytvos_train_videos(ytvos, subset=tmp_path / "bad.txt")
+    with pytest.raises(SystemExit, match="max-jump 8"):
+        vos.main(["train", "--model", "tiny", "--data-path", str(davis), "--ytvos-path",
+                  str(ytvos), "--output", str(tmp_path / "run"), "--max-jump", "8"])
 
 
 def test_unknown_argument_is_an_error():
@@ -405,6 +585,16 @@ def test_inference_davis17_val_official_layout(tmp_path, davis, finetuned):
     assert 0.0 <= result["J&F-Mean"] <= 1.0 and result["n_objects"] == 9
     assert (out / "global_results-val.csv").is_file()
     assert json.loads((out / "timing.json").read_text())["frames"] == 3 * FRAMES
+
+
+def test_amp_flag_is_ignored_on_cpu(davis, finetuned):
+    """--amp is fp16 autocast on CUDA only: on the CPU the masks are those of fp32."""
+    model, _ = vos.load_finetuned(finetuned, torch.device("cpu"))
+    frames, anns = vos.davis_frames(davis, "blobs-a", all_annotated=True)
+    targets = vos.davis_targets(anns[0], 2017)
+    runs = [list(vos.segment_sequence(model, frames, targets, 0, torch.device("cpu"), amp))
+            for amp in (False, True)]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(*runs))
 
 
 def test_inference_davis16_resized_and_padded(tmp_path, davis, finetuned):
