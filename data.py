@@ -616,6 +616,9 @@ class FramePairDataset(torch.utils.data.Dataset):
             except VideoError as e:
                 skipped.append(f'{self.path(j)}: {e}')
                 continue
+            except Exception as e:                      # a bug, not a bad file: stop, name it
+                raise RuntimeError(f'{self.path(j)}: unexpected error while reading a frame pair '
+                                   f'(item {i}): {e!r}') from e
             x = augment(img_x, self.input_size, self.scale, g)  # independent crop + flip per frame
             z = augment(img_z, self.input_size, self.scale, g)
             return x, z, skipped

@@ -3,7 +3,8 @@
 Reference implementation of Wu et al., "DropMAE: Masked Autoencoders with Spatial-Attention
 Dropout for Tracking Tasks" (CVPR 2023). The file reads bottom-up: configuration, the small
 ViT pieces, ASAD, the block, the encoder that every downstream task uses, the two-frame MAE,
-checkpoint import, and last the `pretrain` command.
+checkpoint import, the run infrastructure every training command shares (distributed init, run
+folder, atomic checkpoints, RNG state), and last the `pretrain` command.
 
 State-dict keys are those of the official model (github jimmy-dq/DropMAE, `models_mae.py`), so
 `torch.load(official_ckpt)["model"]` loads into `DropMAE` with `strict=True`.
@@ -14,10 +15,18 @@ pre-training. Each frame adds the same spatial sin-cos table plus its own learne
 to which input (DropTrack puts `_z` on the template and `_x` on the search region).
 
 Commands:
-    python dropmae.py pretrain --model tiny --data synthetic --epochs 2          # CPU smoke run
+    # CPU smoke run (tiny model, in-memory synthetic videos; ~15 s on 2 cores)
+    python dropmae.py pretrain --model tiny --data synthetic --num-synthetic 64 --batch-size 16 \\
+        --epochs 2 --warmup-epochs 1 --lr 1e-3 --num-workers 2 --output runs/smoke
+    # the same on tiny real mp4 clips in the K400 layout
+    python data.py make-clips --out runs/k400_tiny
+    python dropmae.py pretrain --model tiny --data k400 --data-path runs/k400_tiny --batch-size 4 \\
+        --epochs 2 --warmup-epochs 1 --lr 1e-3 --num-workers 2 --output runs/smoke_mp4
+    # the paper: DropMAE ViT-B/16, K400, 400 epochs, 64 GPUs x batch 64 (TwinMAE: --P 0)
     torchrun --nproc_per_node=8 --nnodes=8 --node_rank=$RANK --master_addr=$ADDR \\
         dropmae.py pretrain --model base --data k400 --data-path /data/k400/train \\
-        --batch-size 64 --epochs 400 --P 0.1                                    # the paper
+        --batch-size 64 --epochs 400 --P 0.1 --output runs/dropmae_k400_400e --resume auto
+    # the same effective batch 4096 on one node of 8 GPUs: --accum-iter 8
 """
 from __future__ import annotations
 
@@ -382,9 +391,12 @@ class ViTEncoder(nn.Module):
         return self.temporal_pos_embed_x if frame == "x" else self.temporal_pos_embed_z
 
     def embed(self, img: torch.Tensor, frame: str | None = "x") -> torch.Tensor:
-        """(B, C, H, W) -> (B, H/p * W/p, D): patches + resized spatial table + frame vector."""
+        """(B, C, H, W) -> (B, H/p * W/p, D): patches + frame vector + resized spatial table.
+
+        Summed in the official order (frame vector first), so the tokens are bit-identical.
+        """
         grid = self.patch_embed.grid(img.shape[-2], img.shape[-1])
-        return self.patch_embed(img) + self.spatial_pos_embed(grid) + self.frame_embed(frame)
+        return self.patch_embed(img) + self.frame_embed(frame) + self.spatial_pos_embed(grid)
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, D): all blocks (joint attention over every token), then norm."""
@@ -499,8 +511,8 @@ class DropMAE(ViTEncoder):
             x, drop_p = x + pos, 0.0
         else:
             n = L // 2
-            x = torch.cat([x[:, :n] + pos + self.decoder_temporal_pos_embed_x,
-                           x[:, n:] + pos + self.decoder_temporal_pos_embed_z], dim=1)
+            x = torch.cat([x[:, :n] + self.decoder_temporal_pos_embed_x + pos,   # official order
+                           x[:, n:] + self.decoder_temporal_pos_embed_z + pos], dim=1)
             drop_p = self.cfg.P if self.training else 0.0
         attns = []
         for blk in self.decoder_blocks:
@@ -513,7 +525,10 @@ class DropMAE(ViTEncoder):
         return (pred, attns) if return_attn else pred
 
     def forward_loss(self, img_x, img_z, pred, mask):
-        """Mean squared error on the removed patches of both frames (per-patch normalised)."""
+        """Mean squared error on the removed patches of both frames (per-patch normalised).
+
+        img_x, img_z: (B, 3, H, W); pred: (B, 2N, p*p*3); mask: (B, 2N), 1 = removed -> scalar.
+        """
         target = self.patchify(img_x)                                         # (B, N, ppc)
         if img_z is not None:
             target = torch.cat([target, self.patchify(img_z)], dim=1)         # (B, 2N, ppc)
@@ -738,19 +753,23 @@ def latest_checkpoint(out_dir, pattern: str = "checkpoint-*.pth") -> Path | None
 
 def rng_state() -> dict:
     """Every random generator's state, as tensors and plain types (loads with weights_only)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_pos": random.getstate()[2],
-             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+    _, mt, gauss_next = random.getstate()              # (version, 625 words incl. position, gauss)
+    _, words, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(mt), "python_gauss": gauss_next,
+             "numpy": torch.from_numpy(words.astype(np.int64)), "numpy_pos": int(pos),
+             "numpy_gauss": [int(has_gauss), float(cached)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict):
+    """Restore what `rng_state` saved (checkpoints before `python_gauss` named it `python_pos`)."""
     torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), state.get("python_gauss", state.get("python_pos"))))
+    has_gauss, cached = state.get("numpy_gauss", (0, 0.0))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
+                         has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -769,9 +788,19 @@ def set_rng_state(state: dict):
 #   20 epochs (epoch % 20 == 0) and at the last one, a non-finite loss stops the run.
 # Our additions: the masking noise of each sample is a pure function of (seed, epoch, sample
 # index) (`mask_noise`), so neither a resume nor the number of processes changes the masks;
-# every checkpoint also holds `step`, the model `config` and every rank's RNG state; the
-# non-finite check runs on the all-reduced loss, so every rank stops together; skipped videos
-# are reported once per epoch.
+# every checkpoint also holds `step`, `iteration` (of its epoch), the model `config` and every
+# rank's RNG state, so `--max-steps` may stop mid-epoch and a resume continues at the next
+# iteration exactly; the gradient norm the official scaler computes (and drops) is logged as
+# `grad_norm`; the non-finite check runs on the all-reduced loss, so every rank stops together;
+# skipped videos are reported once per epoch.
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
 
 def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `pretrain` flags; defaults are the official DropMAE recipe (ViT-B, K400, 64 GPUs)."""
@@ -786,9 +815,10 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="one-frame image MAE on the earlier frame of each pair (baseline row)")
     g.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=64, help="per process (per GPU)")
-    g.add_argument("--accum-iter", type=int, default=1, help="gradient accumulation steps")
-    g.add_argument("--epochs", type=int, default=400)
+    g.add_argument("--batch-size", type=positive_int, default=64, help="per process (per GPU)")
+    g.add_argument("--accum-iter", type=positive_int, default=1,
+                   help="gradient accumulation steps (one update per N iterations)")
+    g.add_argument("--epochs", type=positive_int, default=400)
     g.add_argument("--warmup-epochs", type=float, default=40)
     g.add_argument("--blr", type=float, default=1.5e-4, help="lr = blr * effective batch / 256")
     g.add_argument("--lr", type=float, default=None, help="absolute peak lr (overrides --blr)")
@@ -809,11 +839,14 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--output", default="runs/pretrain",
                    help="run folder: config, logs, checkpoints")
     g.add_argument("--seed", type=int, default=0, help="rank r seeds torch/numpy with seed + r")
-    g.add_argument("--save-every", type=int, default=20, help="checkpoint when epoch %% N == 0")
+    g.add_argument("--save-every", type=positive_int, default=20,
+                   help="checkpoint when epoch %% N == 0")
     g.add_argument("--resume", default="", help="'auto' (latest checkpoint in --output) or a path")
-    g.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many iterations in all (smoke runs); saves a checkpoint")
-    g.add_argument("--log-every", type=int, default=20, help="iterations between log.jsonl lines")
+    g.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop after this many iterations in all and save a checkpoint, mid-epoch "
+                        "if need be (a resume continues at the next iteration)")
+    g.add_argument("--log-every", type=positive_int, default=20,
+                   help="iterations between log.jsonl lines")
     g.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is present")
     g.add_argument("--debug-nan-at-step", type=int, default=None,
                    help="(testing) make the loss NaN at this iteration to exercise the stop")
@@ -900,7 +933,9 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     Order: config, distributed init, data, model, optimizer, resume, loop, save.
     Logging step `step` is the global iteration index (0-based, over all epochs); a checkpoint's
-    `step` is the number of iterations done. `--max-steps` counts iterations (not updates).
+    `step` is the number of iterations done, its `iteration` the number done in its `epoch`
+    (`epoch_iterations` when the epoch is complete). `--max-steps` counts iterations (not
+    updates).
     """
     from contextlib import nullcontext
 
@@ -956,16 +991,21 @@ def pretrain(args: argparse.Namespace) -> Path:
         torch.distributed.barrier()
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
                                                   shuffle=True, seed=args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                                         num_workers=args.num_workers, collate_fn=collate_pairs,
-                                         pin_memory=device.type == "cuda", drop_last=True)
-    iters = len(loader)
+    iters = len(sampler) // args.batch_size            # iterations per epoch (drop_last)
     if iters == 0:
         raise ValueError(f"{len(dataset)} videos give no full batch of {args.batch_size} per "
                          f"process with {world} processes")
     where = f" at {args.data_path}" if args.data_path else ""
     say(f"data: {args.data}{where}: {len(dataset)} videos, {iters} iterations per epoch "
         f"per process")
+
+    def epoch_loader(order: list[int]) -> torch.utils.data.DataLoader:
+        """Batches of the samples `order`, in that order. The loader's own generator keeps its
+        worker seed from drawing on the global RNG, whose stream ASAD uses."""
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
+            collate_fn=collate_pairs, pin_memory=device.type == "cuda", drop_last=True,
+            generator=torch.Generator().manual_seed(args.seed))
 
     # ---- model and optimizer
     model = DropMAE(cfg).to(device)
@@ -979,8 +1019,9 @@ def pretrain(args: argparse.Namespace) -> Path:
             find_unused_parameters=args.image_mae)        # the image MAE leaves frame vectors unused
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
 
-    # ---- resume
-    start_epoch, step = 0, 0
+    # ---- resume: after a whole epoch at the next one (official); after --max-steps stopped
+    # mid-epoch at the next iteration of that epoch
+    start_epoch, start_iter, step = 0, 0, 0
     resume = Path(args.resume) if args.resume not in ("", "auto") else None
     if args.resume == "auto":
         resume = latest_checkpoint(run)
@@ -995,20 +1036,29 @@ def pretrain(args: argparse.Namespace) -> Path:
         if scaler.is_enabled() and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        done, of = ckpt.get("iteration"), ckpt.get("epoch_iterations")
+        if done is not None and done < of:                 # saved mid-epoch by --max-steps
+            if of == iters:
+                start_epoch, start_iter = ckpt["epoch"], done
+            else:
+                say(f"{resume} stopped after iteration {done} of {of} of epoch {ckpt['epoch']}, "
+                    f"but this run has {iters} iterations per epoch: starting the next epoch")
         rngs = ckpt.get("rng") or []
         if len(rngs) == world:
             set_rng_state(rngs[rank])
         else:
             say(f"checkpoint has RNG states of {len(rngs)} processes, this run has {world}: "
                 f"keeping the fresh seeds (ASAD draws will differ from an uninterrupted run)")
-        say(f"resumed from {resume}: epoch {ckpt['epoch']} done, {step} iterations; "
-            f"starting epoch {start_epoch}")
+        say(f"resumed from {resume}: {step} iterations done; starting epoch {start_epoch} at "
+            f"iteration {start_iter}")
 
-    def save(epoch: int) -> Path:
-        """Every rank calls this (RNG states are gathered); rank 0 writes atomically."""
+    def save(epoch: int, iteration: int) -> Path:
+        """Every rank calls this (RNG states are gathered); rank 0 writes atomically.
+        `iteration` iterations of `epoch` are done (== iters for a whole epoch)."""
         path = run / f"checkpoint-{epoch}.pth"
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "epoch": epoch, "step": step, "scaler": scaler.state_dict(),
+                               "epoch": epoch, "step": step, "iteration": iteration,
+                               "epoch_iterations": iters, "scaler": scaler.state_dict(),
                                "args": dict(vars(args)), "config": dataclasses.asdict(cfg),
                                "rng": _gather(rng_state(), world)})
         say(f"saved {path}")
@@ -1016,25 +1066,31 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     # ---- loop
     global_batch = args.batch_size * world
+    frames = 1 if args.image_mae else 2
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = None                                   # of the last update
     stopped = False
     t_start = time.perf_counter()
     for epoch in range(start_epoch, args.epochs):
+        skip = start_iter if epoch == start_epoch else 0
         net.train()
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        order = list(sampler)                          # this rank's sample indices, batch order
-        bar = tqdm(total=iters, desc=f"epoch {epoch}", disable=not main_rank, dynamic_ncols=True)
+        order = list(sampler)[:iters * args.batch_size]   # this rank's samples, batch order
+        loader = epoch_loader(order[skip * args.batch_size:])
+        optimizer.zero_grad(set_to_none=True)          # as official: no accumulation across epochs
+        bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch}", disable=not main_rank,
+                   dynamic_ncols=True)
         skipped_epoch, losses, lrs = [], [], []
         t_epoch = t_log = t_fetch = time.perf_counter()
         data_time, since_log, skipped_since_log = 0.0, 0, 0
-        for it, (img_x, img_z, skipped) in enumerate(loader):
+        for it, (img_x, img_z, skipped) in enumerate(loader, start=skip):
             data_time += time.perf_counter() - t_fetch
-            if it % args.accum_iter == 0:              # per update, on the fractional epoch
-                lr = lr_at(epoch + it / iters, args)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+            # per update, on the fractional epoch of its first iteration (official lr_sched)
+            lr = lr_at(epoch + (it - it % args.accum_iter) / iters, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             indices = order[it * args.batch_size:(it + 1) * args.batch_size]
-            frames = 1 if args.image_mae else 2
             noise = mask_noise(args.seed, epoch, indices, frames * model.num_patches).to(device)
             img_x = img_x.to(device, non_blocking=True)
             img_z = img_z.to(device, non_blocking=True)
@@ -1058,7 +1114,9 @@ def pretrain(args: argparse.Namespace) -> Path:
                               f"checkpoint: {last if last else 'none yet'}", flush=True)
                     raise SystemExit(1)
                 scaler.scale(loss / args.accum_iter).backward()
-            if update:
+            if update:                                 # the official NativeScalerWithGradNormCount:
+                scaler.unscale_(optimizer)             # unscale, the total L2 norm, no clipping
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -1072,6 +1130,7 @@ def pretrain(args: argparse.Namespace) -> Path:
                     torch.cuda.synchronize()
                 now = time.perf_counter()
                 logger.log(epoch=epoch, step=step, loss=mean_loss, lr=lr,
+                           grad_norm=None if grad_norm is None else grad_norm.item(),
                            samples_per_s=since_log * global_batch / (now - t_log),
                            data_time_s=data_time / since_log, skipped=skipped_since_log)
                 t_log, data_time, since_log, skipped_since_log = now, 0.0, 0, 0
@@ -1080,6 +1139,9 @@ def pretrain(args: argparse.Namespace) -> Path:
             step += 1
             if args.max_steps is not None and step >= args.max_steps:
                 stopped = True
+                if not update:
+                    say(f"--max-steps stops inside a gradient accumulation: the gradients of "
+                        f"{(it + 1) % args.accum_iter} iterations are not saved")
                 break
             t_fetch = time.perf_counter()
         bar.close()
@@ -1092,11 +1154,12 @@ def pretrain(args: argparse.Namespace) -> Path:
         logger.log(epoch=epoch, train_loss=float(np.mean(losses)), train_lr=float(np.mean(lrs)),
                    iterations=len(losses), epoch_time_s=time.perf_counter() - t_epoch,
                    skipped=len(skipped_all), skipped_videos=summary)
-        if stopped or epoch % args.save_every == 0 or epoch + 1 == args.epochs:
-            save(epoch)
+        # a resumed partial epoch is saved at its end too, over its partial checkpoint
+        if stopped or skip or epoch % args.save_every == 0 or epoch + 1 == args.epochs:
+            save(epoch, it + 1)
         if stopped:
             say(f"--max-steps {args.max_steps} reached in epoch {epoch} (iteration {it + 1} of "
-                f"{iters}); `--resume auto` continues with epoch {epoch + 1}")
+                f"{iters}); `--resume auto` continues from there")
             break
     say(f"done: {step} iterations, {time.perf_counter() - t_start:.1f} s; run folder {run}")
     return run

@@ -416,3 +416,37 @@ def test_mpeg4_clip_seek_decode_equals_sequential(tmp_path):
         x, z = data.decode_frames(path, list(pair))
         assert np.array_equal(np.asarray(x), ref[pair[0]])
         assert np.array_equal(np.asarray(z), ref[pair[1]])
+
+
+def test_augment_is_torchvision_crop_then_bicubic_resize_then_flip():
+    """augment = torchvision's RandomResizedCrop on a PIL image (box from get_params, then
+    `img.crop(box).resize(size, BICUBIC)`), then RandomHorizontalFlip (flip when the next
+    uniform < 0.5), ToTensor, Normalize; the draws come from the one generator in that order."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    flips = 0
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        top, left, h, w = data.random_resized_crop_box(90, 120, (0.2, 1.0), (3 / 4, 4 / 3), g)
+        flip = torch.rand(1, generator=g).item() < 0.5
+        expected = image.crop((left, top, left + w, top + h)).resize((40, 40), Image.BICUBIC)
+        if flip:
+            expected = expected.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.array(expected)).permute(2, 0, 1).float() / 255
+        mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
+        ours = data.augment(image, 40, (0.2, 1.0), torch.Generator().manual_seed(seed))
+        assert torch.allclose(ours, (pixels - mean.view(3, 1, 1)) / std.view(3, 1, 1), atol=1e-6)
+        flips += flip
+    assert 0 < flips < 8                                     # both branches were exercised
+
+
+def test_unexpected_error_names_the_video(tmp_path, clips, monkeypatch):
+    """A failure that is not a bad video (a bug) is not skipped: a RuntimeError naming the file."""
+    ds = data.FramePairDataset('k400', clips[0], input_size=32)
+
+    def broken(path, indices):
+        raise ZeroDivisionError('oops')
+    monkeypatch.setattr(data, 'decode_frames', broken)
+    with pytest.raises(RuntimeError, match=r'class_00/clip_00_001\.mp4: unexpected error .*oops'):
+        ds[1]

@@ -245,3 +245,36 @@ def test_image_mae_mode_is_one_frame_mae():
     loss.backward()
     assert model.temporal_pos_embed_x.grad is None and model.decoder_temporal_pos_embed_z.grad is None
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_forward_is_the_official_arithmetic_bit_for_bit():
+    """The official `forward_encoder` / `forward_decoder` / `forward_loss` written out in the
+    official order (patch + frame vector, then + spatial table; the decoder the same), reusing
+    our blocks: loss, pred and mask are equal exactly, not just to rounding. Float addition is
+    not associative, so the other order (table first) differs in the last bit somewhere."""
+    torch.manual_seed(0)
+    model = DropMAE(get_config("tiny")).eval()
+    x, z, noise = torch.randn(2, 3, 96, 96), torch.randn(2, 3, 96, 96), torch.rand(2, 72)
+    with torch.no_grad():
+        pos, dpos = model.pos_embed[:, 1:], model.decoder_pos_embed[:, 1:]
+        tx = model.patch_embed(x) + model.temporal_pos_embed_x + pos
+        tz = model.patch_embed(z) + model.temporal_pos_embed_z + pos
+        assert not torch.equal(tx, model.patch_embed(x) + pos + model.temporal_pos_embed_x)
+        kept, mask, ids_restore = DropMAE.random_masking(torch.cat([tx, tz], 1), 0.75, noise)
+        for blk in model.blocks:
+            kept = blk(kept)
+        h = model.decoder_embed(model.norm(kept))
+        h = torch.cat([h, model.mask_token.repeat(2, 72 - h.shape[1], 1)], 1)
+        h = torch.gather(h, 1, ids_restore.unsqueeze(-1).repeat(1, 1, h.shape[2]))
+        h[:, :36] = h[:, :36] + model.decoder_temporal_pos_embed_x
+        h[:, 36:] = h[:, 36:] + model.decoder_temporal_pos_embed_z
+        h[:, :36] = h[:, :36] + dpos
+        h[:, 36:] = h[:, 36:] + dpos
+        for blk in model.decoder_blocks:
+            h = blk(h)
+        pred = model.decoder_pred(model.decoder_norm(h))
+        target = torch.cat([model.patchify(x), model.patchify(z)], 1)
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+        loss = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+        ours = model(x, z, 0.75, noise)
+    assert torch.equal(ours[1], pred) and torch.equal(ours[2], mask) and torch.equal(ours[0], loss)

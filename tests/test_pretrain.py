@@ -21,7 +21,8 @@ import dropmae
 from dropmae import DropMAE, ViTEncoder, get_config, load_pretrained, lr_at, mask_noise, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
-CKPT_KEYS = {"model", "optimizer", "epoch", "step", "scaler", "args", "config", "rng"}
+CKPT_KEYS = {"model", "optimizer", "epoch", "step", "iteration", "epoch_iterations", "scaler",
+             "args", "config", "rng"}
 
 
 def tiny_run(out, *extra):
@@ -111,24 +112,123 @@ def test_unknown_argument_is_an_error():
     assert err.value.code == 2
 
 
-def test_resume_gives_the_same_weights_as_a_straight_run(straight_run, tmp_path):
-    """2 iterations, stop (--max-steps), --resume auto for 2 more == 4 straight (ASAD on)."""
-    tiny_run(tmp_path, "--max-steps", "2")
+def assert_same_training_state(a: dict, b: dict, atol: float = 1e-6):
+    """Two checkpoints hold the same weights and AdamW moments (float tolerance)."""
+    for k, v in b["model"].items():
+        torch.testing.assert_close(a["model"][k], v, rtol=0, atol=atol, msg=k)
+    for s, r in zip(b["optimizer"]["state"].values(), a["optimizer"]["state"].values()):
+        torch.testing.assert_close(r["exp_avg_sq"], s["exp_avg_sq"], rtol=0, atol=1e-9)
+
+
+def step_losses(run) -> list[float]:
+    return [r["loss"] for r in read_log(run) if "step" in r]
+
+
+@pytest.mark.parametrize("stop", [1, 2])
+def test_resume_gives_the_same_weights_as_a_straight_run(straight_run, tmp_path, stop):
+    """--max-steps 1 (mid-epoch 0) or 2 (end of epoch 0), then --resume auto, == 4 iterations
+    straight (ASAD on). Mid-epoch, the checkpoint records the iteration, the resume continues
+    at the next one, and the partial checkpoint-0 is overwritten once epoch 0 is complete."""
+    tiny_run(tmp_path, "--max-steps", str(stop))
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-0.pth"]
     first = load(tmp_path / "checkpoint-0.pth")
-    assert (first["epoch"], first["step"]) == (0, 2)
+    assert (first["epoch"], first["step"], first["iteration"], first["epoch_iterations"]) == \
+        (0, stop, stop, 2)
     tiny_run(tmp_path, "--resume", "auto")
-    resumed, straight = load(tmp_path / "checkpoint-1.pth"), load(straight_run / "checkpoint-1.pth")
-    assert (resumed["epoch"], resumed["step"]) == (1, 4)
-    before = load(straight_run / "checkpoint-0.pth")["model"]
-    moved = max((straight["model"][k] - v).abs().max().item() for k, v in before.items())
+    straight = load(straight_run / "checkpoint-1.pth")
+    before = load(straight_run / "checkpoint-0.pth")
+    moved = max((straight["model"][k] - v).abs().max().item() for k, v in before["model"].items())
     assert moved > 1e-3                                            # epoch 1 did train
-    for k, v in straight["model"].items():
-        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=1e-6, msg=k)
-    for s, r in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
-        torch.testing.assert_close(r["exp_avg_sq"], s["exp_avg_sq"], rtol=0, atol=1e-9)
-    losses = lambda run: [r["loss"] for r in read_log(run) if r.get("epoch") == 1 and "loss" in r]
-    assert losses(tmp_path) == pytest.approx(losses(straight_run), abs=1e-6)
+    for epoch, reference in ((0, before), (1, straight)):
+        resumed = load(tmp_path / f"checkpoint-{epoch}.pth")
+        assert (resumed["epoch"], resumed["step"], resumed["iteration"]) == (epoch, 2 * epoch + 2, 2)
+        assert_same_training_state(resumed, reference)
+    assert step_losses(tmp_path) == pytest.approx(step_losses(straight_run), abs=1e-6)
+
+
+def test_explicit_resume_path_into_another_folder(straight_run, tmp_path):
+    """--resume PATH (not 'auto') continues from that file, here in a fresh run folder: epoch 1
+    only, the same result as the straight run; a missing file is a clear error."""
+    tiny_run(tmp_path, "--resume", str(straight_run / "checkpoint-0.pth"))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1.pth"]
+    assert_same_training_state(load(tmp_path / "checkpoint-1.pth"), load(straight_run / "checkpoint-1.pth"))
+    assert [r["step"] for r in read_log(tmp_path) if "step" in r] == [2, 3]
+    with pytest.raises(FileNotFoundError, match="nope.pth: no such checkpoint"):
+        tiny_run(tmp_path / "b", "--resume", str(tmp_path / "nope.pth"))
+
+
+def test_accum_iter_2_equals_batch_x2_and_drops_the_epoch_tail(tmp_path):
+    """--accum-iter 2 with batch 2 makes the update of batch 4 (loss / accum_iter, one AdamW step
+    per 2 iterations, lr set at the first of them). 6 videos: 3 iterations per epoch at batch 2,
+    so the 3rd iteration's gradient is a partial accumulation, dropped at the epoch's end as the
+    official zero_grad does (batch 4 drops those 2 videos with drop_last). After 2 epochs the
+    weights agree; the effective batch and lr are the same (--blr 0.064: 0.064 * 4 / 256).
+    Tolerance 2e-5: the key part of each qkv bias has a true gradient of 0 (softmax ignores a
+    shift of all logits), so its gradient is rounding noise that AdamW scales up to ~1e-6
+    differences; a gradient leaking into the next epoch moves 87 tensors by ~8e-4."""
+    common = ["pretrain", "--model", "tiny", "--data", "synthetic", "--cpu", "--num-synthetic", "6",
+              "--num-workers", "0", "--epochs", "2", "--warmup-epochs", "0", "--blr", "0.064",
+              "--P", "0", "--save-every", "1", "--log-every", "1"]
+    dropmae.main(common + ["--batch-size", "4", "--output", str(tmp_path / "big")])
+    dropmae.main(common + ["--batch-size", "2", "--accum-iter", "2", "--output", str(tmp_path / "acc")])
+    big, acc = load(tmp_path / "big" / "checkpoint-1.pth"), load(tmp_path / "acc" / "checkpoint-1.pth")
+    assert big["args"]["eff_batch"] == acc["args"]["eff_batch"] == 4
+    assert big["args"]["lr"] == acc["args"]["lr"] == pytest.approx(1e-3)
+    assert acc["step"] == 6 and big["step"] == 2
+    assert_same_training_state(acc, big, atol=2e-5)
+    lrs = [r["lr"] for r in read_log(tmp_path / "acc") if "step" in r]
+    # set at each update's first iteration on the fractional epoch e: 1e-3 * (1 + cos(pi e / 2)) / 2
+    # e = 0, 0, 2/3 (the dropped tail starts an update), 1, 1, 5/3
+    c = lambda e: 1e-3 * (1 + math.cos(math.pi * e / 2)) / 2
+    assert lrs == pytest.approx([1e-3, 1e-3, 7.5e-4, 5e-4, 5e-4, c(5 / 3)])
+    assert c(5 / 3) == pytest.approx(6.69873e-5)
+
+
+def test_loader_workers_do_not_change_the_run(straight_run, tmp_path):
+    """--num-workers 2 gives the same losses and weights as --num-workers 0 (ASAD on): items are
+    functions of (seed, epoch, index) and the loader does not draw from the global RNG."""
+    tiny_run(tmp_path, "--num-workers", "2")
+    assert step_losses(tmp_path) == pytest.approx(step_losses(straight_run), abs=1e-6)
+    assert_same_training_state(load(tmp_path / "checkpoint-1.pth"), load(straight_run / "checkpoint-1.pth"))
+
+
+def test_bad_command_lines_are_clear_errors(tmp_path):
+    """--data k400 without --data-path, an empty folder, fewer videos than one batch, and
+    --accum-iter 0 fail with a message (no run starts)."""
+    with pytest.raises(ValueError, match="--data k400 needs --data-path"):
+        dropmae.main(["pretrain", "--model", "tiny", "--data", "k400", "--output", str(tmp_path / "a")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no videos found"):
+        dropmae.main(["pretrain", "--model", "tiny", "--data", "folder", "--data-path",
+                      str(tmp_path / "empty"), "--cpu", "--output", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match="3 videos give no full batch of 4"):
+        tiny_run(tmp_path / "c", "--num-synthetic", "3", "--batch-size", "4")
+    for flag in ("--accum-iter", "--batch-size"):
+        with pytest.raises(SystemExit) as err:
+            tiny_run(tmp_path / "d", flag, "0")
+        assert err.value.code == 2
+
+
+def test_rng_state_round_trip_restores_every_generator():
+    """rng_state / set_rng_state: torch, python (incl. its cached gauss) and numpy (incl. its
+    cached normal) continue exactly; the state survives a weights_only save and load."""
+    import io
+    import random
+
+    import numpy as np
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    random.gauss(0, 1)                                   # leaves a cached second normal
+    np.random.normal()                                   # likewise in numpy
+    buf = io.BytesIO()
+    torch.save(dropmae.rng_state(), buf)
+    draw = lambda: (torch.rand(3).tolist(), random.gauss(0, 1), random.random(),
+                    float(np.random.normal()), float(np.random.rand()))
+    expected = draw()
+    buf.seek(0)
+    dropmae.set_rng_state(torch.load(buf, weights_only=True))
+    assert draw() == expected
 
 
 def test_checkpoint_is_atomic_complete_and_loads_as_ours(straight_run):
@@ -142,6 +242,7 @@ def test_checkpoint_is_atomic_complete_and_loads_as_ours(straight_run):
     assert ckpt["args"]["model"] == "tiny" and ckpt["args"]["lr"] == 1e-3
     assert ckpt["args"]["eff_batch"] == 2 and ckpt["args"]["amp"] == "off"
     assert len(ckpt["rng"]) == 1                                   # one state per process
+    assert (ckpt["epoch"], ckpt["step"], ckpt["iteration"], ckpt["epoch_iterations"]) == (1, 4, 2, 2)
     assert load_pretrained(straight_run / "checkpoint-1.pth", DropMAE(get_config("tiny")),
                            verbose=False)["kind"] == "ours"
     report = load_pretrained(straight_run / "checkpoint-1.pth", ViTEncoder(get_config("tiny")),
@@ -160,8 +261,11 @@ def test_run_folder_is_self_describing(straight_run):
     epochs = [r for r in log if "train_loss" in r]
     assert [r["step"] for r in steps] == [0, 1, 2, 3]            # --log-every 1
     for r in steps:
-        assert {"epoch", "step", "loss", "lr", "samples_per_s", "data_time_s", "skipped"} <= set(r)
+        assert {"epoch", "step", "loss", "lr", "grad_norm", "samples_per_s", "data_time_s",
+                "skipped"} <= set(r)
         assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0
+    # the gradient norm of each update (accum 1: every step); step 0 has lr 0 but a gradient
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in steps)
     # lr on the fractional epoch: warmup 1 epoch of 2 iterations, peak 1e-3, cosine over epoch 1
     assert [r["lr"] for r in steps] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
     assert [r["epoch"] for r in epochs] == [0, 1]
@@ -206,32 +310,33 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path):
-    """2 gloo processes x batch 2 == 1 process x batch 4, after 4 iterations.
+def test_torchrun_two_processes_with_accumulation_match_one_process_with_the_global_batch(tmp_path):
+    """2 gloo processes x batch 1 x --accum-iter 2 == 1 process x batch 4, after 2 epochs.
 
     DistributedSampler(shuffle=True) deals the shuffled order round-robin, so the two ranks'
-    batch t together hold exactly the single process's batch t (8 videos: no padding), and the
-    masking noise is a function of the sample index, so the masks agree too. ASAD is off
-    (--P 0): its draws come from each process's own generator and would differ. --blr also
-    checks lr = blr * (batch x world) / 256 = 1e-3 in both runs.
+    first two iterations together hold exactly the single process's first batch (8 videos: no
+    padding), and the masking noise is a function of the sample index, so the masks agree too.
+    The gradients of the first iteration stay local (DDP no_sync) and are averaged with the
+    second's at the update; loss / accum_iter and DDP's mean over ranks make the batch-4 mean.
+    ASAD is off (--P 0): its draws come from each process's own generator and would differ.
+    --blr checks lr = blr * (batch x accum x world) / 256 = 1e-3 in both runs.
     """
-    common = ["dropmae.py", "pretrain", "--model", "tiny", "--data", "synthetic",
-              "--num-synthetic", "8", "--epochs", "2", "--num-workers", "0", "--P", "0",
-              "--blr", "0.064", "--warmup-epochs", "0", "--save-every", "1", "--log-every", "1"]
+    common = ["pretrain", "--model", "tiny", "--data", "synthetic", "--num-synthetic", "8",
+              "--epochs", "2", "--num-workers", "0", "--P", "0", "--blr", "0.064",
+              "--warmup-epochs", "0", "--save-every", "1", "--log-every", "1"]
+    dropmae.main(common + ["--cpu", "--batch-size", "4", "--output", str(tmp_path / "single")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    runs = {"single": [sys.executable] + common + ["--batch-size", "4"],
-            "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    f"--master_port={free_port()}"] + common + ["--batch-size", "2"]}
-    for name, cmd in runs.items():
-        done = subprocess.run(cmd + ["--output", str(tmp_path / name)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    single, ddp = (load(tmp_path / n / "checkpoint-1.pth") for n in runs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", "dropmae.py"] + common + [
+           "--batch-size", "1", "--accum-iter", "2", "--output", str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    single, ddp = (load(tmp_path / n / "checkpoint-1.pth") for n in ("single", "ddp"))
     assert single["args"]["lr"] == ddp["args"]["lr"] == pytest.approx(1e-3)
-    assert ddp["args"]["world_size"] == 2 and len(ddp["rng"]) == 2
+    assert ddp["args"]["world_size"] == 2 and ddp["args"]["eff_batch"] == 4 and len(ddp["rng"]) == 2
+    assert (single["step"], ddp["step"]) == (4, 8)
     before = load(tmp_path / "single" / "checkpoint-0.pth")["model"]
     assert max((single["model"][k] - v).abs().max().item() for k, v in before.items()) > 5e-4
-    for k, v in single["model"].items():
-        torch.testing.assert_close(ddp["model"][k], v, rtol=0, atol=5e-5, msg=k)
-    losses = lambda n: [r["loss"] for r in read_log(tmp_path / n) if "step" in r]
-    assert len(losses("ddp")) == 4 and losses("ddp") == pytest.approx(losses("single"), rel=1e-5)
+    assert_same_training_state(ddp, single, atol=5e-5)
+    epoch_losses = lambda n: [r["train_loss"] for r in read_log(tmp_path / n) if "train_loss" in r]
+    assert epoch_losses("ddp") == pytest.approx(epoch_losses("single"), rel=1e-5)
