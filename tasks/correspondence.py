@@ -271,7 +271,8 @@ def main(argv=None):
         from eval.davis import evaluate_davis, summary_line, write_outputs
         result = evaluate_davis(args.data_path, out, args.split, 2017)
         write_outputs(result, out)
-        print(summary_line(result))
+        tiny = args.model == "tiny"
+        print(summary_line(result) + ("  [tiny model: tiny scale, not comparable with the paper]" if tiny else ""))
         return result
     return None
 

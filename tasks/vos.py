@@ -963,7 +963,8 @@ def inference(args):
         year = 2016 if args.dataset == "davis16_val" else 2017
         result = evaluate_davis(args.data_path, out, "val", year)
         write_outputs(result, out)
-        print(summary_line(result))
+        tiny = config["model"] == "tiny"
+        print(summary_line(result) + ("  [tiny model: tiny scale, not comparable with the paper]" if tiny else ""))
     return result
 
 

@@ -463,6 +463,15 @@ def _torch_load(path, trust_pickle: bool = False) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
+TINY_TAG = "  [tiny model: tiny scale, not comparable with the paper]"
+
+
+def _encoder_preset(path, trust_pickle: bool = False) -> str | None:
+    """The backbone preset stored in our tracker checkpoint (None for official files)."""
+    ckpt = _torch_load(path, trust_pickle)
+    return ckpt["track"].get("encoder") if "track" in ckpt else None
+
+
 def load_tracker_checkpoint(path, model_name: str | None = None, trust_pickle: bool = False) -> DropTrack:
     """Our training checkpoint or an official DropTrack/OSTrack one -> DropTrack (eval mode)."""
     ckpt = path if isinstance(path, dict) else _torch_load(path, trust_pickle)
@@ -901,7 +910,8 @@ def test(args):
     if scores is not None:
         from eval import sot
         summary["scores"] = {k: v for k, v in scores.items() if not isinstance(v, (list, dict))}
-        print(sot.summary_line(scores))
+        tiny = isinstance(args.ckpt, str) and _encoder_preset(args.ckpt, args.trust_pickle) == "tiny"
+        print(sot.summary_line(scores) + (TINY_TAG if tiny else ""))
     (out_root / f"{args.dataset}_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
