@@ -59,10 +59,10 @@ def analyse(models: dict, dataset, videos: int, seed: int = 0, mask_ratio: float
     n = min(videos, len(dataset))
     picks = torch.randperm(len(dataset), generator=gen)[:n].tolist()
     out = {name: {"within": None, "between": None} for name in models}
+    num_patches = next(iter(models.values())).num_patches
     for i in picks:
         img_x, img_z, _ = dataset[i]
-        first = next(iter(models.values()))
-        noise = torch.rand(1, 2 * first.num_patches, generator=gen)             # same masks for all
+        noise = torch.rand(1, 2 * num_patches, generator=gen)                   # same masks for all
         for name, model in models.items():
             maps = model.decoder_attention(img_x[None], img_z[None], mask_ratio, noise)
             shares = [frame_attention_shares(a) for a in maps]
@@ -126,6 +126,10 @@ def main(argv=None):
     if len(names) != len(args.ckpt):
         p.error("give one --names entry per --ckpt")
     models = {n: build_model(c, args.model) for n, c in zip(names, args.ckpt)}
+    tiny = dropmae.PRESETS["tiny"]
+    if any(m.cfg.embed_dim == tiny.embed_dim and m.cfg.depth == tiny.depth for m in models.values()) \
+            and "tiny" not in args.label:
+        args.label = (args.label + " " if args.label else "") + "[tiny model: tiny scale, not comparable with the paper]"
     size = args.input_size or next(iter(models.values())).cfg.img_size
     dataset = FramePairDataset(args.data, args.data_path, input_size=size, seed=args.seed)
     result = analyse(models, dataset, args.videos, args.seed)

@@ -44,7 +44,7 @@ per GPU), 20.7-92.4 h per row (about 21 h per 400 K400 epochs); DropTrack GOT-10
 on 8 GPUs. The 11 rows we can run ourselves are ~600 h of 64 GPUs: pick rows with --rows.
 
 Commands:
-    make table1                  # tiny synthetic scale on a CPU (below), ~12-15 min on 2 cores
+    make table1                  # tiny synthetic scale on a CPU (below), ~15 min on 2 cores
     make table1 SMOKE=1          # the same pipeline at smoke scale, ~2 min (the test suite's)
     make figure-attention        # reproduce/attention.py on the tiny TwinMAE / DropMAE of table1
     # the paper, one node of 8 GPUs (NPROC / NNODES from the environment or --nproc / --nnodes):
@@ -78,6 +78,7 @@ with other jobs; the same stages ran 2-40x slower while other test suites ran be
     | vos_val, x4                               | 3 sequences of 12 frames           | ~3       |
     | process start-up (23 launches)            |                                    | ~45      |
     | total (plus ~2 min for the venv)          |                                    | ~12 min  |
+    Measured end to end: `make table1` on a fresh clone, venv included, 15 min 13 s (2026-11-25).
 Smoke (`--smoke`): 4 pre-training steps, 1 tracker epoch of 8 pairs, 2 DropSeg iterations:
 ~85 s on one core. Pre-training is the most of the tiny run: 2000 steps is where the tiny
 decoder's attention stops being near uniform (at 1000 steps both models sit at the loss plateau

@@ -31,7 +31,9 @@ def test_same_masks_for_every_checkpoint_and_cli(tmp_path):
     torch.save({"model": model.state_dict(), "config": vars(model.cfg)}, path)
     main(["--ckpt", str(path), "--ckpt", str(path), "--names", "a", "b", "--data", "synthetic",
           "--videos", "3", "--out", str(tmp_path / "att")])
-    result = json.loads((tmp_path / "att" / "attention.json").read_text())["result"]
+    saved = json.loads((tmp_path / "att" / "attention.json").read_text())
+    assert "tiny scale" in saved["label"]                  # tiny numbers are labelled as such
+    result = saved["result"]
     assert result["a"] == result["b"] and len(result["a"]["between"]) == 2
     for w, b in zip(result["a"]["within"], result["a"]["between"]):
         assert abs(w + b - 1) < 1e-5 and 0 < b < 1
