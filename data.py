@@ -556,7 +556,8 @@ class FramePairDataset(torch.utils.data.Dataset):
                skipped: list of "path: reason" for the videos that failed while serving i).
     A failing video i is skipped by moving on to i+1, i+2, ... (wrapping around), with the same
     random stream of item i; after min(max_consecutive_failures, len) failures in a row, a
-    RuntimeError lists them.
+    RuntimeError lists them. The item may also be asked for as `(epoch, i)` (what `EpochOrder`
+    yields), so that persistent loader workers need no `set_epoch`.
     """
 
     def __init__(self, preset, root=None, frame_gap=50, input_size=224, scale=(0.2, 1.0),
@@ -605,8 +606,9 @@ class FramePairDataset(torch.utils.data.Dataset):
         start, end = sample_pair(n, self.frame_gap, g)
         return tuple(decode_frames(self.path(j), [start, end]))
 
-    def __getitem__(self, i):
-        g = item_generator(self.seed, self.epoch, i)
+    def __getitem__(self, item):
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
+        g = item_generator(self.seed, epoch, i)
         skipped = []
         tries = min(self.max_consecutive_failures, len(self))
         for t in range(tries):
@@ -626,6 +628,26 @@ class FramePairDataset(torch.utils.data.Dataset):
             f'every one of the {tries} videos tried for item {i} (from {self.path(i)} on) failed '
             f'to open or decode; check the data under {self.root}. First failures:\n  '
             + '\n  '.join(skipped[:5]))
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """The sampler of a loader that lives across epochs: `set(epoch, order)` before each epoch,
+    then it yields `(epoch, i)` for i in order. The epoch travels with each index, so workers
+    kept alive between epochs (`persistent_workers`) draw the right epoch's pairs and crops. On
+    a small dataset (the tiny scale: 4 iterations per epoch) this saves starting the workers
+    anew every epoch, which took longer than the epoch itself."""
+
+    def __init__(self):
+        self.epoch, self.order = 0, []
+
+    def set(self, epoch, order):
+        self.epoch, self.order = int(epoch), list(order)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.order)
+
+    def __len__(self):
+        return len(self.order)
 
 
 def collate_pairs(batch):

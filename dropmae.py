@@ -941,7 +941,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     from tqdm import tqdm
 
-    from data import FramePairDataset, collate_pairs, summarize_skipped
+    from data import EpochOrder, FramePairDataset, collate_pairs, summarize_skipped
 
     # ---- config and distributed init
     rank, world, local_rank, device = init_distributed()
@@ -999,13 +999,14 @@ def pretrain(args: argparse.Namespace) -> Path:
     say(f"data: {args.data}{where}: {len(dataset)} videos, {iters} iterations per epoch "
         f"per process")
 
-    def epoch_loader(order: list[int]) -> torch.utils.data.DataLoader:
-        """Batches of the samples `order`, in that order. The loader's own generator keeps its
-        worker seed from drawing on the global RNG, whose stream ASAD uses."""
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
-            collate_fn=collate_pairs, pin_memory=device.type == "cuda", drop_last=True,
-            generator=torch.Generator().manual_seed(args.seed))
+    # One loader for the whole run; each epoch sets its order (this rank's samples, in batch
+    # order) on the sampler. The workers persist across epochs. The loader's own generator
+    # keeps its worker seed from drawing on the global RNG, whose stream ASAD uses.
+    epoch_order = EpochOrder()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=epoch_order, num_workers=args.num_workers,
+        collate_fn=collate_pairs, pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed))
 
     # ---- model and optimizer
     model = DropMAE(cfg).to(device)
@@ -1075,9 +1076,8 @@ def pretrain(args: argparse.Namespace) -> Path:
         skip = start_iter if epoch == start_epoch else 0
         net.train()
         sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
         order = list(sampler)[:iters * args.batch_size]   # this rank's samples, batch order
-        loader = epoch_loader(order[skip * args.batch_size:])
+        epoch_order.set(epoch, order[skip * args.batch_size:])
         optimizer.zero_grad(set_to_none=True)          # as official: no accumulation across epochs
         bar = tqdm(total=iters, initial=skip, desc=f"epoch {epoch}", disable=not main_rank,
                    dynamic_ncols=True)

@@ -325,6 +325,24 @@ def test_items_do_not_depend_on_loader_workers():
         assert torch.equal(x0, x2) and torch.equal(z0, z2) and s0 == s2 == []
 
 
+def test_epoch_order_with_persistent_workers_serves_each_epochs_items():
+    """A loader that lives across epochs (persistent workers, EpochOrder sampler) gives, in
+    every epoch, the batches of a fresh dataset set to that epoch: (epoch, i) items carry the
+    epoch into the workers, which never see set_epoch."""
+    ds = data.FramePairDataset('synthetic', input_size=32, num_synthetic=6, seed=1)
+    order = data.EpochOrder()
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=order, num_workers=1,
+                                         persistent_workers=True, collate_fn=data.collate_pairs)
+    for epoch, indices in ((0, [5, 1, 3, 0]), (7, [2, 4]), (8, [2, 4])):
+        order.set(epoch, indices)
+        got = torch.cat([x for x, _, _ in loader])
+        fresh = data.FramePairDataset('synthetic', input_size=32, num_synthetic=6, seed=1)
+        fresh.set_epoch(epoch)
+        want = torch.stack([fresh[i][0] for i in indices])
+        assert got.shape == (len(indices), 3, 32, 32) and torch.equal(got, want)
+    assert not torch.equal(ds[(7, 2)][0], ds[(8, 2)][0])     # the epoch changes the crop
+
+
 def test_collate_pairs_shapes_and_skipped():
     """collate_pairs stacks to (B, 3, S, S) and concatenates the skipped lists in order."""
     x = torch.zeros(3, 16, 16)
