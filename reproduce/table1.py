@@ -195,7 +195,7 @@ SCALES = {
     "tiny": dict(
         model="tiny",
         clips=dict(train=(4, 8), val=(4, 5)),                          # (classes, clips per class)
-        pretrain=dict(batch=8, epochs=500, warmup=20, lr=1.5e-3, workers=1),  # 32 clips: 2000 steps
+        pretrain=dict(batch=8, epochs=750, warmup=20, lr=1.5e-3, workers=1),  # 32 clips: 3000 steps
         vot_synth=dict(train=32, val=8, frames=24),
         vot=dict(args=["--epochs", "50", "--samples-per-epoch", "64", "--batch-size", "8",
                        "--val-every", "0"], workers=0),
