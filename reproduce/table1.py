@@ -729,28 +729,60 @@ def make_synthetic_data(pipe: Pipeline):
 # The attention figure (reproduce/attention.py on this table's TwinMAE / DropMAE checkpoints)
 # --------------------------------------------------------------------------------------------
 
-def figure_attention(pipe: Pipeline, rows: list[Row], val_path: Path | None, label: str) -> dict:
-    """Pre-train the TwinMAE and DropMAE rows if needed (the same stages), then the analysis.
-    -> {"result": {name: {within, between}}, "holds": per-layer DropMAE between > TwinMAE's}."""
+def attention_for_seed(pipe: Pipeline, twin: Row, drop: Row, seed: int, val_path: Path, label: str) -> dict:
+    """TwinMAE and DropMAE pre-trained with `seed` (the table's own checkpoints for the table's
+    seed; otherwise the same recipe under <out>/attention/seed<s>/), then reproduce/attention.py.
+    -> {name: {within, between}}."""
+    if seed == pipe.seed:
+        run = pipe
+    else:
+        run = Pipeline(pipe.out / "attention" / f"seed{seed}", pipe.scale_name, pipe.video, None, None,
+                       None, {}, pipe.dist, seed, pipe.quiet)
+    for k, row in enumerate((twin, drop), 1):
+        run.stage(row, "pretrain", f"[attention seed {seed}, {k}/2 {row.method}]")
+    out = pipe.out / "attention" / f"seed{seed}"
+    cmd = [sys.executable, "-m", "reproduce.attention", "--ckpt", str(run.backbone(twin)),
+           "--ckpt", str(run.backbone(drop)), "--names", "TwinMAE", "DropMAE", "--data", "k400",
+           "--data-path", str(val_path), "--videos", "20", "--out", str(out),
+           "--label", f"{label}, pre-training seed {seed}"]
+    print(f"[attention seed {seed}] $ {' '.join(cmd)}", flush=True)
+    if run_command(cmd, out / "attention.log", quiet=False) != 0:
+        raise SystemExit(f"reproduce/attention.py failed (log {out / 'attention.log'})")
+    return json.loads((out / "attention.json").read_text())["result"]
+
+
+def figure_attention(pipe: Pipeline, rows: list[Row], val_path: Path | None, label: str,
+                     seeds: int = 1) -> dict:
+    """The analysis on the table's TwinMAE and DropMAE (pre-trained first if missing), and with
+    `seeds` > 1 on pairs pre-trained with the next seeds too (same recipe, same steps), since a
+    tiny model's attention varies from seed to seed. Writes <out>/attention/summary.json.
+    -> {"seeds": {seed: result}, "holds": {seed: per-layer DropMAE between > TwinMAE's},
+        "mean": {name: {within, between}} over seeds}."""
     twin = next(r for r in rows if r.method == "TwinMAE")
     drop = next(r for r in rows if r.method == "DropMAE" and r.video == twin.video and r.epochs == twin.epochs)
     if val_path is None:
         raise SystemExit("--figure-attention at full scale needs --k400-val (K400 validation videos)")
-    for k, row in enumerate((twin, drop), 1):
-        pipe.stage(row, "pretrain", f"[attention {k}/2 {row.method}]")
-    out = pipe.out / "attention"
-    cmd = [sys.executable, "-m", "reproduce.attention", "--ckpt", str(pipe.backbone(twin)),
-           "--ckpt", str(pipe.backbone(drop)), "--names", "TwinMAE", "DropMAE", "--data", "k400",
-           "--data-path", str(val_path), "--videos", "20", "--out", str(out), "--label", label]
-    print(f"[attention] $ {' '.join(cmd)}", flush=True)
-    if run_command(cmd, out / "attention.log", quiet=False) != 0:
-        raise SystemExit(f"reproduce/attention.py failed (log {out / 'attention.log'})")
-    result = json.loads((out / "attention.json").read_text())["result"]
-    holds = [d > t for d, t in zip(result["DropMAE"]["between"], result["TwinMAE"]["between"])]
-    print(f"[attention] {label}: DropMAE's between-frame share > TwinMAE's in "
-          f"{sum(holds)} of {len(holds)} decoder layers"
-          + ("" if all(holds) else f" (not in layers {[i + 1 for i, h in enumerate(holds) if not h]})"))
-    return {"result": result, "holds": holds}
+    results, holds = {}, {}
+    for seed in range(pipe.seed, pipe.seed + seeds):
+        res = attention_for_seed(pipe, twin, drop, seed, val_path, label)
+        results[seed] = res
+        holds[seed] = [d > t for d, t in zip(res["DropMAE"]["between"], res["TwinMAE"]["between"])]
+    mean = {name: {key: [sum(results[s][name][key][i] for s in results) / len(results)
+                         for i in range(len(results[pipe.seed][name][key]))]
+                   for key in ("within", "between")} for name in ("TwinMAE", "DropMAE")}
+    print(f"[attention] {label}: between-frame share per decoder layer (TwinMAE / DropMAE)")
+    layers = len(mean["TwinMAE"]["between"])
+    print("seed   " + "  ".join(f"{'layer ' + str(i + 1):>15s}" for i in range(layers)) + "  DropMAE higher in")
+    for seed, res in results.items():
+        cells = "  ".join(f"{t:6.3f} / {d:6.3f}" for t, d in zip(res["TwinMAE"]["between"], res["DropMAE"]["between"]))
+        print(f"{seed:<5d}  {cells}  {sum(holds[seed])} of {layers} layers")
+    if len(results) > 1:
+        cells = "  ".join(f"{t:6.3f} / {d:6.3f}" for t, d in zip(mean["TwinMAE"]["between"], mean["DropMAE"]["between"]))
+        every = sum(all(h) for h in holds.values())
+        print(f"mean   {cells}  (every layer in {every} of {len(results)} seeds)")
+    summary = {"label": label, "seeds": results, "holds": holds, "mean": mean}
+    write_json(pipe.out / "attention" / "summary.json", summary)
+    return summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -793,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--figure-attention", action="store_true",
                    help="only the attention figure on the TwinMAE / DropMAE checkpoints (pre-trains them "
                         "if missing)")
+    g.add_argument("--attention-seeds", type=int, default=1, metavar="N",
+                   help="--figure-attention: also pre-train TwinMAE / DropMAE pairs with the next N-1 "
+                        "seeds and report every seed and the mean")
     g.add_argument("--quiet", action="store_true", help="stage output to the logs only; headers printed")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("launch (torchrun for the training stages when NPROC * NNODES > 1)")
@@ -846,7 +881,9 @@ def main(argv=None) -> int:
     if args.figure_attention:
         val = pipe.video.get("k400_val") or (Path(args.k400_val) if args.k400_val else None)
         label = {"tiny": "tiny synthetic scale", "smoke": "smoke scale (tiny synthetic)"}.get(scale_name, "full scale")
-        figure_attention(pipe, [r for r in all_rows], val, label)
+        if args.attention_seeds < 1:
+            raise SystemExit("--attention-seeds must be >= 1")
+        figure_attention(pipe, [r for r in all_rows], val, label, args.attention_seeds)
         return 0
     status = {}
     try:

@@ -98,6 +98,33 @@ def test_stage_headers_name_row_and_stage(smoke):
     assert f"--stop-after {STOP}: stopped after {STOP}" in smoke["first"]
 
 
+def test_figure_attention_over_seeds_reuses_the_table_and_averages(smoke):
+    """--figure-attention --attention-seeds 2 on the finished smoke run: seed 0 reads the
+    table's own checkpoints (its pretrain stages are skipped, not rerun), seed 1 pre-trains a new
+    pair under attention/seed1/, and the summary's mean is the average of the two seeds."""
+    out = smoke["out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
+    env.pop("SMOKE", None)
+    cmd = [sys.executable, "-m", "reproduce.table1", "--smoke", "--out", str(out), "--quiet",
+           "--figure-attention", "--attention-seeds", "2"]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "[attention seed 0, 1/2 TwinMAE] pretrain: done before" in run.stdout
+    assert "[attention seed 1, 2/2 DropMAE] pretrain ..." in run.stdout
+    seed1 = json.loads((out / "attention" / "seed1" / "dropmae" / "pretrain.json").read_text())
+    assert (out / "attention" / "seed1" / seed1["result"]["checkpoint"]).is_file()
+    summary = json.loads((out / "attention" / "summary.json").read_text())
+    s0, s1 = summary["seeds"]["0"], summary["seeds"]["1"]
+    assert s0 != s1                                               # another seed, other weights
+    for name in ("TwinMAE", "DropMAE"):
+        for a, b, m in zip(s0[name]["between"], s1[name]["between"], summary["mean"][name]["between"]):
+            assert m == pytest.approx((a + b) / 2)
+            assert 0.0 < a < 1.0 and 0.0 < b < 1.0
+    holds = [d > t for d, t in zip(s1["DropMAE"]["between"], s1["TwinMAE"]["between"])]
+    assert summary["holds"]["1"] == holds and len(holds) == 2     # the tiny decoder's 2 layers
+    assert "mean " in run.stdout and "smoke scale" in run.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # Unit tests
 # --------------------------------------------------------------------------------------------
