@@ -770,8 +770,7 @@ def figure_attention(pipe: Pipeline, rows: list[Row], val_path: Path | None, lab
         res = attention_for_seed(pipe, twin, drop, seed, val_path, label)
         results[seed] = res
         holds[seed] = [d > t for d, t in zip(res["DropMAE"]["between"], res["TwinMAE"]["between"])]
-    mean = {name: {key: [sum(results[s][name][key][i] for s in results) / len(results)
-                         for i in range(len(results[pipe.seed][name][key]))]
+    mean = {name: {key: [sum(layer) / len(layer) for layer in zip(*(r[name][key] for r in results.values()))]
                    for key in ("within", "between")} for name in ("TwinMAE", "DropMAE")}
     print(f"[attention] {label}: between-frame share per decoder layer (TwinMAE / DropMAE)")
     layers = len(mean["TwinMAE"]["between"])
