@@ -752,6 +752,9 @@ def main(argv=None):
     p.add_argument('--fps', type=int, default=15)
     p.add_argument('--size', type=_parse_size, default=(160, 120), help='WxH')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--codec', choices=['libx264', 'mpeg4'], default=None,
+                   help='default libx264 when PyAV has it (B-frames, like most Kinetics files); '
+                        'mpeg4 gives the same bytes on every run, which libx264 here does not')
     p = sub.add_parser('index', help='index a dataset (frame counts), print a summary')
     p.add_argument('--data', choices=[x for x in PRESETS if x != 'synthetic'], default='k400')
     p.add_argument('--data-path', required=True)
@@ -766,8 +769,8 @@ def main(argv=None):
     if args.command == 'make-clips':
         t0 = time.perf_counter()
         paths = write_synthetic_clips(args.out, args.classes, args.per_class, args.seconds,
-                                      args.fps, args.size, args.seed)
-        codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
+                                      args.fps, args.size, args.seed, args.codec)
+        codec = args.codec or ('libx264' if 'libx264' in av.codecs_available else 'mpeg4')
         print(f'wrote {len(paths)} clips ({codec}, {args.size[0]}x{args.size[1]}, '
               f'{round(args.seconds * args.fps)} frames) to {args.out} '
               f'in {time.perf_counter() - t0:.1f} s')
