@@ -44,7 +44,7 @@ per GPU), 20.7-92.4 h per row (about 21 h per 400 K400 epochs); DropTrack GOT-10
 on 8 GPUs. The 11 rows we can run ourselves are ~600 h of 64 GPUs: pick rows with --rows.
 
 Commands:
-    make table1                  # tiny synthetic scale on a CPU (below), ~17 min on 2 cores
+    make table1                  # tiny synthetic scale on a CPU (below), ~12 min on 2 cores
     make table1 SMOKE=1          # the same pipeline at smoke scale, ~2 min (the test suite's)
     make figure-attention        # reproduce/attention.py on the tiny TwinMAE / DropMAE of table1
     make figure-attention ARGS="--attention-seeds 4"   # and on pairs pre-trained with seeds 1-3
@@ -72,21 +72,22 @@ Tiny budget, from the stage times of one `make table1` on a fresh clone on this 
 beside them):
     | stage                                     | tiny settings                      | wall s   |
     |-------------------------------------------|------------------------------------|----------|
-    | synthetic data (once)                     | 32 + 20 mp4 clips, GOT 32+8+1 seqs | ~15      |
-    | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 3000 steps, batch 8, 1 loader proc | ~210     |
-    | vot_train, x4                             | 50 epochs x 64 pairs, batch 8      | ~28      |
+    | synthetic data (once)                     | 32 + 20 mp4 clips, GOT 32+8+1 seqs | ~10      |
+    | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 3000 steps, batch 8, 1 loader proc | ~120-155 |
+    | vot_train, x4                             | 50 epochs x 64 pairs, batch 8      | ~25      |
     | vot_val + vot_test, x4                    | 8 + 1 sequences of 24 frames       | ~4       |
-    | vos_train, x4                             | 500 iterations, batch 4, 96 px     | ~37      |
+    | vos_train, x4                             | 500 iterations, batch 4, 96 px     | ~33-39   |
     | vos_val, x4                               | 3 sequences of 12 frames           | ~2       |
-    | total, venv included                      |                                    | ~17 min  |
-    Measured end to end: `make table1` on a fresh clone, venv included, 16 min 36 s (2026-11-25).
+    | total, venv included                      |                                    | ~12 min  |
+    Measured end to end: `make table1` on a fresh clone, venv included, 12 min 15 s (2026-11-25).
 Smoke (`--smoke`): 4 pre-training steps, 1 tracker epoch of 8 pairs, 2 DropSeg iterations:
 ~85 s on one core. Pre-training is the most of the tiny run. Its 3000 steps are for the
 attention figure: at 1000 steps both models sit at the loss plateau of predicting each patch's
 mean and the decoder's attention is near uniform. With 3000 steps, DropMAE's between-frame share
-is above TwinMAE's in both tiny decoder layers for some pre-training seeds and not for others
-(`make figure-attention ARGS="--attention-seeds 4"`; the README gives the numbers): a 2-layer,
-4-head tiny decoder trained on 32 clips is not large enough to make the paper's effect reliable.
+is above TwinMAE's in both tiny decoder layers for the default seed and in the mean over 4
+seeds, but not in every layer for every seed (`make figure-attention ARGS="--attention-seeds
+4"`; the README gives the numbers): a 2-layer, 4-head tiny decoder trained on 32 clips shows
+the paper's effect on average, not reliably.
 """
 from __future__ import annotations
 
