@@ -743,8 +743,8 @@ def attention_for_seed(pipe: Pipeline, twin: Row, drop: Row, seed: int, val_path
     if seed == pipe.seed:
         run = pipe
     else:
-        run = Pipeline(pipe.out / "attention" / f"seed{seed}", pipe.scale_name, pipe.video, None, None,
-                       None, {}, pipe.dist, seed, pipe.quiet)
+        run = Pipeline(pipe.out / "attention" / f"seed{seed}", pipe.scale_name, pipe.video, got10k=None,
+                       davis=None, ytvos=None, ckpts={}, dist=pipe.dist, seed=seed, quiet=pipe.quiet)
     for k, row in enumerate((twin, drop), 1):
         run.stage(row, "pretrain", f"[attention seed {seed}, {k}/2 {row.method}]")
     out = pipe.out / "attention" / f"seed{seed}"
