@@ -94,7 +94,7 @@ COMMON = dict(epochs=60, batch_size=64, lr=1e-3, backbone_mult=0.1, weight_decay
 # Open3DSOT#33's advice; train >= 3 seeds for Pedestrian, Van and Cyclist).
 CATEGORY_CONFIGS = {c: dict(COMMON) for c in ("Car", "Pedestrian", "Van", "Cyclist")}
 # The tiny model on the synthetic scenes of `synthetic` (CPU): see README / reproduce/table_3d.py.
-TINY_TRAIN = dict(epochs=12, batch_size=16, lr=2e-3, lr_drop=8, val_every=4, candidates=2)
+TINY_TRAIN = dict(epochs=8, batch_size=16, lr=2e-3, lr_drop=6, val_every=4, candidates=2)
 
 SPLITS = {"train": range(0, 17), "val": range(17, 19), "test": range(19, 21)}
 # The one gap in KITTI tracking: scene 0001 has no scans for frames 177-180. The protocol
@@ -1013,11 +1013,11 @@ def score(out_dir, ds: KittiTracking) -> dict:
             "per_tracklet": velo["per_tracklet"]}
 
 
-def summary_line(category, split, m: dict, fps: float, tiny: bool) -> str:
+def summary_line(category, split, m: dict, fps: float | None, tiny: bool) -> str:
     v, c = m["velodyne"], m["camera"]
     return (f"kitti3d {category} {split}: {v['n_tracklets']} tracklets, {v['n_frames']} frames  "
             f"Success {v['success']:.2f}  Precision {v['precision']:.2f} (velodyne, official height; "
-            f"camera mode {c['success']:.2f} / {c['precision']:.2f})  {fps:.1f} FPS"
+            f"camera mode {c['success']:.2f} / {c['precision']:.2f})" + (f"  {fps:.1f} FPS" if fps else "")
             + (TINY_TAG if tiny else ""))
 
 
@@ -1043,9 +1043,7 @@ def run_test(ds: KittiTracking, tracker: PointTracker, out_dir, label: str = "")
 
 
 def test(args) -> dict:
-    ds = KittiTracking(args.data_path, args.category, args.split, args.use_r_rect)
-    if not ds.tracklets:
-        raise SystemExit(f"error: no {args.category} tracklets in the {args.split} scenes of {args.data_path}")
+    """Track and score each split of `--split` (several: one sub-folder per split) -> summaries."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tiny = None, False
     if args.tracker == "model":
@@ -1055,30 +1053,43 @@ def test(args) -> dict:
         tiny = model.cfg.encoder == "tiny"
     out_root = Path(args.output)
     out_root.mkdir(parents=True, exist_ok=True)
-    config = {"category": args.category, "split": args.split, "scenes": ds.scenes, "tracker": args.tracker,
-              "ckpt": args.ckpt, "point": dataclasses.asdict(model.cfg) if model else None,
-              "test_seeds": args.test_seeds, "use_r_rect": args.use_r_rect, "device": device,
-              "thresholds": {"prior_first_frame": [1.0, 0.0], "prior_after": [0.8, 0.2], "min_points": 3,
-                             "size": "first frame"}}
+    config = {"category": args.category, "splits": args.split, "tracker": args.tracker, "ckpt": args.ckpt,
+              "point": dataclasses.asdict(model.cfg) if model else None, "test_seeds": args.test_seeds,
+              "use_r_rect": args.use_r_rect, "device": device, "coords": "velodyne (camera mode printed beside)",
+              "thresholds": {"prior_first_frame": [1.0, 0.0], "prior_after": [0.8, 0.2],
+                             "empty_crop": "<= 2 points -> zeros", "size": "first frame",
+                             "height_overlap": "official [c - h, c]"}}
     (out_root / "config.json").write_text(json.dumps(config, indent=1, default=str))
-    results = []
-    for seed in args.test_seeds:
-        out = out_root if len(args.test_seeds) == 1 else out_root / f"seed_{seed}"
-        m = run_test(ds, PointTracker(model, device=device, seed=seed), out, f"seed {seed}")
-        print(f"resampling seed {seed}: " + summary_line(args.category, args.split, m, m["fps"], tiny))
-        results.append(m)
-    s = np.array([r["velodyne"]["success"] for r in results])
-    p = np.array([r["velodyne"]["precision"] for r in results])
-    summary = {"category": args.category, "split": args.split, "success": float(s.mean()),
-               "precision": float(p.mean()), "success_std": float(s.std()), "precision_std": float(p.std()),
-               "fps": float(np.mean([r["fps"] for r in results])), "seeds": args.test_seeds,
-               "n_frames": results[0]["velodyne"]["n_frames"], "camera_success": results[0]["camera"]["success"],
-               "camera_precision": results[0]["camera"]["precision"]}
-    if len(results) > 1:
-        print(f"{args.category} {args.split} over seeds {args.test_seeds}: Success {s.mean():.2f} +- {s.std():.2f}  "
-              f"Precision {p.mean():.2f} +- {p.std():.2f}" + (TINY_TAG if tiny else ""))
-    (out_root / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    summaries = {}
+    for split in args.split:
+        ds = KittiTracking(args.data_path, args.category, split, args.use_r_rect)
+        if not ds.tracklets:
+            raise SystemExit(f"error: no {args.category} tracklets in the {split} scenes of {args.data_path}")
+        split_dir = out_root if len(args.split) == 1 else out_root / split
+        results = []
+        for seed in args.test_seeds:
+            out = split_dir if len(args.test_seeds) == 1 else split_dir / f"seed_{seed}"
+            m = run_test(ds, PointTracker(model, device=device, seed=seed), out, f"{split} seed {seed}")
+            line = summary_line(args.category, split, m, m["fps"] if model else None, tiny)
+            print(f"resampling seed {seed}: {line}" if model else line + "  [previous box: never moves]")
+            results.append(m)
+        s = np.array([r["velodyne"]["success"] for r in results])
+        p = np.array([r["velodyne"]["precision"] for r in results])
+        summary = {"category": args.category, "split": split, "tracker": args.tracker,
+                   "success": float(s.mean()), "precision": float(p.mean()),
+                   "success_std": float(s.std()), "precision_std": float(p.std()), "seeds": args.test_seeds,
+                   "fps": float(np.mean([r["fps"] for r in results])) if model else None,
+                   "n_frames": results[0]["velodyne"]["n_frames"], "n_tracklets": results[0]["velodyne"]["n_tracklets"],
+                   "camera_success": results[0]["camera"]["success"],
+                   "camera_precision": results[0]["camera"]["precision"]}
+        if len(results) > 1:
+            print(f"{args.category} {split} over seeds {args.test_seeds}: Success {s.mean():.2f} +- {s.std():.2f}  "
+                  f"Precision {p.mean():.2f} +- {p.std():.2f}" + (TINY_TAG if tiny else ""))
+        split_dir.mkdir(parents=True, exist_ok=True)
+        (split_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        summaries[split] = summary
+    (out_root / "summaries.json").write_text(json.dumps(summaries, indent=1))
+    return summaries[args.split[0]] if len(args.split) == 1 else summaries
 
 
 # --------------------------------------------------------------------------------------------
@@ -1197,7 +1208,7 @@ def main(argv=None):
     tr.add_argument("--pretrained", default=None, help="DropMAE / MAE / our pre-training checkpoint (none: scratch)")
     tr.add_argument("--output", required=True)
     tr.add_argument("--resume", default=None, help="'auto' (latest in --output) or a checkpoint path")
-    tr.add_argument("--epochs", type=int, help="60 (12 for --model tiny)")
+    tr.add_argument("--epochs", type=int, help="60 (8 for --model tiny)")
     tr.add_argument("--batch-size", type=int, help="per process (64 in total in the recipe)")
     tr.add_argument("--lr", type=float)
     tr.add_argument("--lr-drop", type=int, help="StepLR step in epochs (20)")
@@ -1211,7 +1222,8 @@ def main(argv=None):
     tr.add_argument("--use-r-rect", action="store_true", help="map labels with R_rect Tr_velo_cam (a variant)")
     te = sub.add_parser("test", help="track every tracklet from its first box, write the files, score")
     te.add_argument("--category", required=True, choices=sorted(CATEGORY_CONFIGS) + ["All"])
-    te.add_argument("--split", default="test", choices=sorted(SPLITS))
+    te.add_argument("--split", nargs="+", default=["test"], choices=sorted(SPLITS),
+                    help="scene split(s): train 0-16, val 17-18, test 19-20; several: one sub-folder each")
     te.add_argument("--data-path", required=True)
     te.add_argument("--ckpt", default=None)
     te.add_argument("--tracker", default="model", choices=("model", "previous"),
