@@ -44,6 +44,16 @@ bench-eval: $(STAMP)
 bench-vot: $(STAMP)
 	$(PYTHON) -m reproduce.bench_vot --out $(BENCH)/vot.json
 
+# 3-D point-cloud tracking (reproduce/table_3d.py): tiny synthetic LiDAR scenes in the KITTI
+# tracking layout by default, SMOKE=1 for the test suite's scale; full scale:
+# make table-3d ARGS="--kitti /data/kitti/tracking/training --k400 ... --ckpt ROW=PATH"
+.PHONY: table-3d bench-3d
+table-3d: $(STAMP)
+	$(PYTHON) -m reproduce.table_3d $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+bench-3d: $(STAMP)
+	$(PYTHON) -m reproduce.bench_3d --out $(BENCH)/3d.json
+
 # Tiny real mp4 clips in the Kinetics-400 layout, for smoke runs.
 clips: $(STAMP)
 	$(PYTHON) data.py make-clips --out runs/k400_tiny
