@@ -22,9 +22,11 @@ venv: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile -q tests
 
-# Table 1. No dataset paths: the tiny synthetic reproduction (~15 min on 2 cores), SMOKE=1 for
-# ~2 min. Full scale: make table1 ARGS="--k400 ... --got10k ... --davis ... --ytvos ... --ckpt ROW=PATH"
-# (NPROC / NNODES / NODE_RANK / MASTER_ADDR from the environment or the make command line).
+# Table 1 (reproduce/table1.py on reproduce/pipeline.py). No dataset paths: the tiny synthetic
+# reproduction (~12 min on 2 cores), SMOKE=1 for ~2 min; ARGS="--seeds 3" for mean ± std over
+# seeds, ARGS=--verbose to stream every stage's output. Full scale: make table1 ARGS="--k400 ...
+# --got10k ... --davis ... --ytvos ... --ckpt ROW=PATH" (NPROC / NNODES / NODE_RANK / MASTER_ADDR
+# from the environment or the make command line).
 table1: $(STAMP)
 	$(PYTHON) -m reproduce.table1 $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
