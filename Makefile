@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 WORKERS ?= 2
 BENCH   := runs/bench
 
-.PHONY: venv test table1 figure-attention bench bench-pretrain bench-eval bench-vot clips clean
+.PHONY: venv test table1 figure-attention bench bench-pretrain bench-eval bench-vot backbones clips clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -46,9 +46,14 @@ bench-eval: $(STAMP)
 bench-vot: $(STAMP)
 	$(PYTHON) -m reproduce.bench_vot --out $(BENCH)/vot.json
 
-# Tiny real mp4 clips in the Kinetics-400 layout, for smoke runs.
+# The shared tiny backbones of every table (image MAE, TwinMAE, DropMAE) pre-trained once into
+# runs/backbones_tiny ahead of the tables (ARGS="--seeds 3" or "--scale smoke"); tables reuse them.
+backbones: $(STAMP)
+	$(PYTHON) -m reproduce.pipeline backbones $(ARGS)
+
+# Tiny real mp4 clips in the Kinetics-400 layout (the backbones' pre-training and held-out clips).
 clips: $(STAMP)
-	$(PYTHON) data.py make-clips --out runs/k400_tiny
+	$(PYTHON) -m reproduce.pipeline clips $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -59,8 +59,9 @@ same backbone at once train it once; the other waits and reuses it. A folder pre
 another recipe is refused, not reused. `BACKBONE_RECIPE` holds the pre-training numbers per
 scale; the standard tiny rows (no pre-training, image MAE, TwinMAE, DropMAE) are `tiny_rows()`.
 
-Console: one line per stage, `[row 3/4 TwinMAE K400] pretrain [#####.....] 52% 1:10 left`,
-redrawn in place on a terminal and ended by its result and time; the stage's output goes only to
+Console: one line per stage, redrawn in place on a terminal,
+    [row 3/4 TwinMAE K400] pretrain [##########..........]  52%  1:05 elapsed, 1:00 left
+and ended by its result and time; the stage's output goes only to
 its log file, whose path (and last lines) are printed when it fails. `--verbose` streams it.
 
 Pre-training hours come from our own logs (`pretrain_hours`): the sum of `epoch_time_s` over the
@@ -180,11 +181,14 @@ class Column:
 class Stage:
     """A step of every row: fn(ctx: SeedRun, row: Row) -> result dict (JSON-able), stored in
     `<seed folder>/<row>/<name>.json`. `every_node`: a training stage that every node runs
-    (torchrun); the others run on node 0 only. `rows`: a predicate choosing the rows that run it."""
+    (torchrun); the others run on node 0 only, and with `wait` the other nodes wait for node 0's
+    result file (a stage whose result a later training stage reads). `rows`: a predicate
+    choosing the rows that run it."""
     name: str
     fn: Callable
     every_node: bool = False
     rows: Callable | None = None
+    wait: bool = False
 
 
 @dataclass
@@ -382,8 +386,8 @@ class Console:
         self.drawn = now
         bar = "#" * int(20 * fraction) + "." * (20 - int(20 * fraction))
         elapsed = now - self.tic
-        left = f"{_clock(elapsed * (1 - fraction) / fraction)} left" if fraction > 0.02 else ""
-        self._draw(f"{self.label} [{bar}] {100 * fraction:3.0f}% {_clock(elapsed)} {left}")
+        left = f", {_clock(elapsed * (1 - fraction) / fraction)} left" if fraction > 0.02 else ""
+        self._draw(f"{self.label} [{bar}] {100 * fraction:3.0f}%  {_clock(elapsed)} elapsed{left}")
 
     def end(self, text: str):
         self.say(f"{self.label} {text}")
@@ -402,9 +406,10 @@ class Console:
 
 def _columns() -> int:
     try:
-        return os.get_terminal_size().columns
+        columns = os.get_terminal_size().columns
     except OSError:
         return 120
+    return columns if columns >= 40 else 120
 
 
 def run_command(cmd: list[str], log_path: Path, console: Console, progress: Progress | None = None,
@@ -658,7 +663,13 @@ def ensure_backbones(folder, scale: str = "smoke", seeds=(0,), rows=TINY_ROWS, v
     For tests and for tables that want them all up front; tables' `pretrain` stages call
     Backbones.get themselves."""
     cache, console = Backbones(folder, scale), Console(verbose)
-    return {(r.id, s): cache.get(r, s, console) for s in seeds for r in rows if r.source == "pretrain"}
+    found = {}
+    for seed in seeds:
+        for row in (r for r in rows if r.source == "pretrain"):
+            console.begin(f"[backbones {scale}] {row.backbone_key()} seed {seed}")
+            found[row.id, seed] = cache.get(row, seed, console)
+            console.end(f"done: {found[row.id, seed]['checkpoint']}")
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -734,7 +745,7 @@ def stage_convert(ctx, row: Row) -> dict:
 
 
 PRETRAIN = Stage("pretrain", stage_pretrain, every_node=True)
-CONVERT = Stage("convert", stage_convert)
+CONVERT = Stage("convert", stage_convert, wait=True)
 COLLAPSE = Stage("collapse", stage_collapse)
 
 
@@ -818,7 +829,9 @@ class SeedRun:
             self.console.say(f"{label}: done before, skipped")
             log_event(self.table_run.out, seed=self.seed, row=row.id, stage=stage.name, event="skip-done")
         elif self.dist["node_rank"] != 0 and not stage.every_node:
-            self.console.say(f"{label}: node 0 runs it")
+            self.console.say(f"{label}: node 0 runs it" + (f"; waiting for {path}" if stage.wait else ""))
+            while stage.wait and not path.is_file():
+                time.sleep(10)
         else:
             self.console.begin(label)
             log_event(self.table_run.out, seed=self.seed, row=row.id, stage=stage.name, event="run")
@@ -1193,12 +1206,17 @@ def _cli(argv=None) -> int:
     b.add_argument("--seeds", type=int, default=1)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--verbose", action="store_true")
+    c = sub.add_parser("clips", help="only the synthetic pre-training and held-out clips of the cache")
+    c.add_argument("--scale", choices=("tiny", "smoke"), default="tiny")
+    c.add_argument("--dir", help="cache folder (default runs/backbones_<scale>)")
     args = p.parse_args(argv)
+    if args.command == "clips":
+        for name, path in Backbones(args.dir or f"runs/backbones_{args.scale}", args.scale).clips().items():
+            print(f"{name}: {path}")
+        return 0
     found = ensure_backbones(args.dir or f"runs/backbones_{args.scale}", args.scale,
                              range(args.seed, args.seed + args.seeds), verbose=args.verbose)
-    for (row, seed), info in found.items():
-        print(f"{row} seed {seed}: {info['checkpoint']} ({info['hours'] * 3600:.0f} s)")
-    return 0
+    return 0 if found else 1
 
 
 if __name__ == "__main__":
