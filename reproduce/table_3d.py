@@ -67,7 +67,7 @@ OTHER_METHODS = (
 
 RECIPES = {
     "full": dict(model="base", categories=CATEGORIES, train_args=["--workers", "8"], test_seeds=[0, 1, 2]),
-    "tiny": dict(model="tiny", categories=CATEGORIES, frames=(8, 20),
+    "tiny": dict(model="tiny", categories=CATEGORIES, frames=(8, 16),
                  train_args=["--val-every", "0", "--workers", "0"], test_seeds=[0]),
     "smoke": dict(model="tiny", categories=("Car",), frames=(8, 8),
                   train_args=["--epochs", "1", "--candidates", "1", "--batch-size", "32", "--val-every", "0",

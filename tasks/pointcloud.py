@@ -94,7 +94,7 @@ COMMON = dict(epochs=60, batch_size=64, lr=1e-3, backbone_mult=0.1, weight_decay
 # Open3DSOT#33's advice; train >= 3 seeds for Pedestrian, Van and Cyclist).
 CATEGORY_CONFIGS = {c: dict(COMMON) for c in ("Car", "Pedestrian", "Van", "Cyclist")}
 # The tiny model on the synthetic scenes of `synthetic` (CPU): see README / reproduce/table_3d.py.
-TINY_TRAIN = dict(epochs=8, batch_size=16, lr=2e-3, lr_drop=6, val_every=4, candidates=2)
+TINY_TRAIN = dict(epochs=6, batch_size=16, lr=2e-3, lr_drop=5, val_every=3, candidates=2)
 
 SPLITS = {"train": range(0, 17), "val": range(17, 19), "test": range(19, 21)}
 # The one gap in KITTI tracking: scene 0001 has no scans for frames 177-180. The protocol
@@ -1208,7 +1208,7 @@ def main(argv=None):
     tr.add_argument("--pretrained", default=None, help="DropMAE / MAE / our pre-training checkpoint (none: scratch)")
     tr.add_argument("--output", required=True)
     tr.add_argument("--resume", default=None, help="'auto' (latest in --output) or a checkpoint path")
-    tr.add_argument("--epochs", type=int, help="60 (8 for --model tiny)")
+    tr.add_argument("--epochs", type=int, help="60 (6 for --model tiny)")
     tr.add_argument("--batch-size", type=int, help="per process (64 in total in the recipe)")
     tr.add_argument("--lr", type=float)
     tr.add_argument("--lr-drop", type=int, help="StepLR step in epochs (20)")
