@@ -15,11 +15,11 @@ Commands:
     python tasks/pointcloud.py train --category Car --model tiny --data-path /tmp/kitti_synth \\
         --output runs/p3d_car_tiny
     python tasks/pointcloud.py test --category Car --split test --data-path /tmp/kitti_synth \\
-        --ckpt runs/p3d_car_tiny/checkpoint-0030.pth --output runs/p3d_car_tiny/test
+        --ckpt runs/p3d_car_tiny/checkpoint-0006.pth --output runs/p3d_car_tiny/test
     python tasks/pointcloud.py test ... --tracker previous     # the box that never moves
 
     # full scale, one model per category (KITTI tracking `training` folder: velodyne/, label_02/,
-    # calib/); 60 epochs at batch 64 in total, ~1-2 h per category on one A100 for Car
+    # calib/); 60 epochs at batch 64 in total (time: see reproduce/table_3d.py, an estimate)
     torchrun --nproc_per_node=2 tasks/pointcloud.py train --category Car --model base \\
         --data-path /data/kitti/tracking/training --pretrained dropmae_k400_vitb.pth \\
         --batch-size 32 --output runs/p3d_car --resume auto
@@ -475,7 +475,6 @@ class TrainPairs(torch.utils.data.Dataset):
         first = set(cache.track_ptr[:-1].tolist())
         self.prev = np.array([f if f in first else f - 1 for f in self.frames])
         self.epoch = 0
-        self.rejected = 0
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch

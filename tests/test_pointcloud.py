@@ -10,7 +10,6 @@ import torch
 
 import data
 import dropmae
-from eval import kitti3d as K
 from tasks import pointcloud as P
 
 
