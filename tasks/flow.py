@@ -918,7 +918,8 @@ def train(args) -> Path:
         pbar = tqdm(total=cfg["steps"], initial=step, desc=f"flow {args.stage}", dynamic_ncols=True)
     model.train()
     tic, last = time.time(), step
-    while step < cfg["steps"]:
+    stop = min(cfg["steps"], args.max_steps or cfg["steps"])
+    while step < stop:
         lr = lr_at_step(step, cfg["lr"], cfg["warmup"], cfg["steps"])
         for g in optimizer.param_groups:
             g["lr"] = lr * g["lr_mult"]
@@ -954,7 +955,7 @@ def train(args) -> Path:
                 print(f"step {step}: {cfg['val']} EPE {metrics['epe']:.3f} (overlap 0.7)"
                       f"{TINY_TAG if args.model == 'tiny' else ''}", flush=True)
             model.train()
-        if step % args.save_every == 0 or step == cfg["steps"]:
+        if step % args.save_every == 0 or step == stop:
             save(step)
     if pbar:
         pbar.close()
@@ -1255,16 +1256,20 @@ def test(args) -> dict:
 SYNTH_SCALES = {
     # chairs (train, val), things sequences x frames, sintel train sequences x frames, kitti
     # train / test pairs, hd1k frames
-    "test": dict(chairs=(4, 2), things=(2, 10), sintel=(2, 4), kitti=(3, 2), hd1k=3),
-    "tiny": dict(chairs=(160, 16), things=(8, 10), sintel=(4, 8), kitti=(12, 4), hd1k=6),
+    "test": dict(chairs=(4, 2), things=(2, 10), sintel=(2, 4), kitti=(3, 2), hd1k=3, empty_kitti=True),
+    "tiny": dict(chairs=(160, 16), things=(8, 10), sintel=(4, 8), kitti=(12, 4), hd1k=6, empty_kitti=False),
 }
+# World seeds: seed * 7919 + SEED_BASE[kind] + index (index: pair, sequence x camera, ...)
+SEED_BASE = {"chairs": 0, "things": 1000, "sintel": 5000, "sintel_test": 5100, "kitti": 9000,
+             "kitti_test": 9100, "hd1k": 12000}
 SYNTH_SIZE = (96, 64)                    # (W, H), the spec's "about 64 x 96"
 KITTI_SIZES = [(96, 64), (100, 60), (90, 72)]
 
 
-def _world(seed: int, frames: int, size=SYNTH_SIZE):
+def synthetic_world(kind: str, index: int, frames: int, seed: int = 0, size=SYNTH_SIZE):
+    """The world behind one synthetic pair / sequence (tests rebuild it to check the files)."""
     from data import World
-    return World(seed, size=size, num_frames=frames)
+    return World(seed * 7919 + SEED_BASE[kind] + index, size=size, num_frames=frames)
 
 
 def final_pass(frame: np.ndarray, seed: int) -> np.ndarray:
@@ -1290,7 +1295,7 @@ def write_synthetic_chairs(root, n_train: int, n_val: int, seed: int = 0) -> Pat
     split = [1] * n_train + [2] * n_val
     split = [split[i] for i in np.random.default_rng(seed).permutation(len(split))]  # interleaved
     for i in range(len(split)):
-        w = _world(seed * 100003 + i, 2)
+        w = synthetic_world("chairs", i, 2, seed)
         stem = root / "data" / f"{i + 1:05d}"
         Image.fromarray(w.frame(0)).save(f"{stem}_img1.ppm")
         Image.fromarray(w.frame(1)).save(f"{stem}_img2.ppm")
@@ -1308,7 +1313,7 @@ def write_synthetic_things(root, n_seq: int, n_frames: int, seed: int = 0, first
     for split, count in (("TRAIN", n_seq), ("TEST", 1)):
         for s in range(count):
             for cam in ("left", "right"):
-                w = _world(seed * 7919 + 1000 + k, n_frames)
+                w = synthetic_world("things", k, n_frames, seed)
                 k += 1
                 rel = Path(split) / "A" / f"{s:04d}"
                 for t in range(n_frames):
@@ -1336,7 +1341,7 @@ def write_synthetic_things_subset(root, n_seq: int, n_frames: int, seed: int = 0
         base = 0
         for s in range(count):
             for cam in ("left", "right"):
-                w = _world(seed * 7919 + 1000 + k, n_frames)
+                w = synthetic_world("things", k, n_frames, seed)
                 k += 1
                 for t in range(n_frames):
                     f = base + t
@@ -1361,7 +1366,7 @@ def write_synthetic_sintel(root, n_seq: int, n_frames: int, seed: int = 0) -> Pa
     root = Path(root)
     for split, names in (("training", [f"seq_{i}" for i in range(n_seq)]), ("test", ["test_0"])):
         for j, name in enumerate(names):
-            w = _world(seed * 7919 + 5000 + 100 * (split == "test") + j, n_frames)
+            w = synthetic_world("sintel" if split == "training" else "sintel_test", j, n_frames, seed)
             for t in range(n_frames):
                 frame = w.frame(t)
                 _save_png(root / split / "clean" / name / f"frame_{t + 1:04d}.png", frame)
@@ -1373,18 +1378,19 @@ def write_synthetic_sintel(root, n_seq: int, n_frames: int, seed: int = 0) -> Pa
     return root
 
 
-def write_synthetic_kitti(root, n_train: int, n_test: int, seed: int = 0) -> Path:
+def write_synthetic_kitti(root, n_train: int, n_test: int, seed: int = 0, empty: bool = True) -> Path:
     """KITTI-2015: `{training,testing}/image_2/NNNNNN_{10,11}.png` at three sizes,
-    `training/flow_occ/NNNNNN_10.png` with ~40% valid pixels; pair 1 has no valid pixel."""
+    `training/flow_occ/NNNNNN_10.png` with ~40% valid pixels; with `empty`, pair 1 has none."""
     root = Path(root)
     for split, count in (("training", n_train), ("testing", n_test)):
         for i in range(count):
-            w = _world(seed * 7919 + 9000 + 100 * (split == "testing") + i, 2, KITTI_SIZES[i % 3])
+            w = synthetic_world("kitti" if split == "training" else "kitti_test", i, 2, seed,
+                                KITTI_SIZES[i % 3])
             _save_png(root / split / "image_2" / f"{i:06d}_10.png", w.frame(0))
             _save_png(root / split / "image_2" / f"{i:06d}_11.png", w.frame(1))
             if split == "training":
                 flow = w.flow(0, 1)[0]
-                valid = _sparse_valid(flow.shape[:2], seed + i) & (i != 1)
+                valid = _sparse_valid(flow.shape[:2], seed + i) & (i != 1 or not empty)
                 path = root / "training" / "flow_occ" / f"{i:06d}_10.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 eval_flow.write_kitti_png(path, np.where(valid[..., None], flow, 0.0), valid)
@@ -1394,7 +1400,7 @@ def write_synthetic_kitti(root, n_train: int, n_test: int, seed: int = 0) -> Pat
 def write_synthetic_hd1k(root, n_frames: int, seed: int = 0) -> Path:
     """HD1K: `hd1k_input/image_2/000000_FFFF.png`, `hd1k_flow_gt/flow_occ/000000_FFFF.png`."""
     root = Path(root)
-    w = _world(seed * 7919 + 12000, n_frames)
+    w = synthetic_world("hd1k", 0, n_frames, seed)
     for t in range(n_frames):
         _save_png(root / "hd1k_input" / "image_2" / f"000000_{t:04d}.png", w.frame(t))
         if t + 1 < n_frames:
@@ -1415,7 +1421,7 @@ def write_synthetic(out, scale: str = "test", seed: int = 0) -> dict:
             "things": write_synthetic_things(out / "FlyingThings3D", *n["things"], seed=seed),
             "things_subset": write_synthetic_things_subset(out / "FlyingThings3D_subset", *n["things"], seed=seed),
             "sintel": write_synthetic_sintel(out / "Sintel", *n["sintel"], seed=seed),
-            "kitti": write_synthetic_kitti(out / "KITTI2015", *n["kitti"], seed=seed),
+            "kitti": write_synthetic_kitti(out / "KITTI2015", *n["kitti"], seed=seed, empty=n["empty_kitti"]),
             "hd1k": write_synthetic_hd1k(out / "HD1K", n["hd1k"], seed=seed)}
 
 
@@ -1451,6 +1457,9 @@ def parse_args(argv=None):
     tr.add_argument("--save-every", type=dropmae.positive_int, default=5000)
     tr.add_argument("--keep-last", type=int, default=2, help="numbered checkpoints kept (0: all)")
     tr.add_argument("--log-every", type=dropmae.positive_int, default=50)
+    tr.add_argument("--max-steps", type=dropmae.positive_int, default=None,
+                    help="stop at this step and save, keeping the stage's schedule (a --resume "
+                         "auto continues exactly)")
     tr.add_argument("--no-amp", action="store_true", help="fp32 on GPU (bf16 autocast by default)")
     tr.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     tr.add_argument("--cpu", action="store_true")

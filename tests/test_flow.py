@@ -335,3 +335,185 @@ def test_small_frame_upscaled_and_flow_scaled_back():
     out = flow.Predictor(m, torch.device("cpu"), mode="full", downscale=2.0)(img, img)
     assert m.shapes == [(1, 3, 32, 32)] and out.shape == (40, 50, 2)
     assert np.allclose(out[..., 0], 2.0) and np.allclose(out[..., 1], 4.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic layouts (data.World's exact flow): readers, pair lists, augmentation, outputs
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    import data
+    if not hasattr(data, "World"):
+        pytest.skip("data.World (the synthetic world) is not merged on this branch yet")
+    return flow.write_synthetic(tmp_path_factory.mktemp("flow_synth"), "test", seed=0)
+
+
+def test_pair_lists_counts_and_orders(synth):
+    train = flow.chairs_pairs(synth["chairs"], "train")
+    val = flow.chairs_pairs(synth["chairs"], "val")
+    split = [int(v) for v in (synth["chairs"] / "chairs_split.txt").read_text().split()]
+    assert (len(train), len(val)) == (4, 2) and sorted(split) == [1, 1, 1, 1, 2, 2]
+    assert [p.name for p in train] == [f"{i + 1:05d}_flow" for i, s in enumerate(split) if s == 1]
+    # Things full: 2 TRAIN sequences x 9 pairs x 2 directions x 2 passes, left camera
+    things = flow.things_pairs(synth["things"], "train")
+    assert len(things) == 72 and flow.things_layout(synth["things"]) == "full"
+    past = [p for p in things if "into_past" in p.name][0]
+    assert (past.img1.name, past.img2.name) == ("0007.png", "0006.png")
+    assert past.flow.name == "OpticalFlowIntoPast_0007_L.pfm"        # flow file i + 1
+    fut = [p for p in things if "into_future" in p.name][0]
+    assert (fut.img1.name, fut.img2.name, fut.flow.name) == ("0006.png", "0007.png",
+                                                              "OpticalFlowIntoFuture_0006_L.pfm")
+    assert len(flow.things_pairs(synth["things"], "val")) == 36
+    sub = flow.things_pairs(synth["things_subset"], "train")
+    assert len(sub) == 72 and flow.things_layout(synth["things_subset"]) == "subset"
+    assert all(p.nonfinite_ok for p in sub)
+    # Sintel: frames - 1 per sequence; KITTI _10 / _11; HD1K consecutive frames
+    assert len(flow.sintel_pairs(synth["sintel"], "training", "final")) == 6
+    sp = flow.sintel_pairs(synth["sintel"], "training", "clean")[0]
+    assert (sp.name, sp.img2.name, sp.flow.name) == ("seq_0/frame_0001", "frame_0002.png", "frame_0001.flo")
+    assert len(flow.sintel_pairs(synth["sintel"], "test", "clean")) == 3
+    kp = flow.kitti_pairs(synth["kitti"], "training")
+    assert [p.name for p in kp] == ["000000_10", "000001_10", "000002_10"]
+    assert kp[0].img2.name == "000000_11.png" and kp[0].sparse
+    assert len(flow.kitti_pairs(synth["kitti"], "testing")) == 2
+    assert len(flow.hd1k_pairs(synth["hd1k"])) == 2
+
+
+def test_readers_return_the_worlds_exact_arrays(synth):
+    pair = flow.chairs_pairs(synth["chairs"], "train")[0]
+    i = int(pair.name[:5]) - 1
+    w = flow.synthetic_world("chairs", i, 2)
+    gt, valid = flow.read_gt(pair.flow, pair.fmt)
+    assert np.array_equal(gt, w.flow(0, 1)[0]) and valid.all()
+    assert np.array_equal(flow.read_image(pair.img1), w.frame(0))
+    # Things into_past, a big-endian file (t = 1 odd): flow of frame 0007 towards 0006
+    w = flow.synthetic_world("things", 0, 10)                        # TRAIN/A/0000 left
+    past = [p for p in flow.things_pairs(synth["things"], "train", ("clean",)) if "into_past" in p.name][0]
+    assert past.flow.read_bytes().split(b"\n")[2] == b"1.0"
+    assert np.array_equal(flow.read_gt(past.flow, "pfm")[0], w.flow(1, 0)[0])
+    # the subset's NaN file: masked, not an error
+    sub = flow.things_pairs(synth["things_subset"], "train", ("clean",), ("into_future",))[0]
+    g, v = flow.read_gt(sub.flow, sub.fmt, sub.nonfinite_ok)
+    assert (~v).sum() == 6 and np.isfinite(g[v]).all()
+    with pytest.raises(ValueError, match="non-finite"):
+        flow.read_gt(sub.flow, sub.fmt)
+    # KITTI: about 40 % valid at 1/64; pair 1 none
+    k = flow.kitti_pairs(synth["kitti"], "training")
+    g, v = flow.read_gt(k[0].flow, "kitti")
+    w = flow.synthetic_world("kitti", 0, 2, size=flow.KITTI_SIZES[0])
+    assert 0.3 < v.mean() < 0.5
+    assert np.abs(g[v] - w.flow(0, 1)[0][v]).max() <= 1 / 128 + 1e-6
+    assert flow.read_gt(k[1].flow, "kitti")[1].sum() == 0
+
+
+def _warp(img2, flw):
+    """Sample image 2 at x + f(x) (bilinear) -> (H, W, 3) float, and in-frame mask."""
+    H, W = flw.shape[:2]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    gx, gy = xx + flw[..., 0], yy + flw[..., 1]
+    grid = torch.from_numpy(np.stack([2 * (gx + 0.5) / W - 1, 2 * (gy + 0.5) / H - 1], -1))[None]
+    src = torch.from_numpy(img2.astype(np.float32)).permute(2, 0, 1)[None]
+    out = torch.nn.functional.grid_sample(src, grid, mode="bilinear", align_corners=False)
+    inside = (gx >= 0) & (gx <= W - 1) & (gy >= 0) & (gy <= H - 1)
+    return out[0].permute(1, 2, 0).numpy(), inside
+
+
+def test_augmentation_keeps_flow_consistent_with_images(synth):
+    """Colour and eraser off: image 2 warped by the augmented GT reproduces image 1 on the
+    non-occluded pixels (up to interpolation error); the sign-flipped flow does not."""
+    w = flow.synthetic_world("sintel", 0, 4)
+    img1, img2 = w.frame(1), w.frame(2)
+    f, visible = w.flow(1, 2)
+    aug = flow.AugParams(crop=(32, 64), scale=(0.2, 0.4), spatial_prob=1.0, stretch_prob=1.0,
+                         h_flip_prob=0.5, v_flip_prob=0.5, eraser_prob=0.0, colour=False)
+    errs, wrong = [], []
+    for i in range(6):
+        a, b, fa, va = flow.augment(img1, img2, f, visible, aug, torch.Generator().manual_seed(i))
+        warped, inside = _warp(b, fa)
+        m = va & inside
+        assert m.mean() > 0.3
+        errs.append(np.abs(warped - a)[m].mean())
+        warped_bad, inside_bad = _warp(b, fa * np.array([-1, -1], np.float32))
+        wrong.append(np.abs(warped_bad - a)[va & inside_bad].mean())
+    assert max(errs) < 6.0 and min(wrong) > 2 * max(errs), (errs, wrong)
+
+
+class _Oracle:
+    """A predictor that returns each pair's GT (looked up by image 1's bytes)."""
+
+    def __init__(self, pairs):
+        self.gt = {flow.read_image(p.img1).tobytes(): flow.read_gt(p.flow, p.fmt, True)[0] for p in pairs}
+        self.device = torch.device("cpu")
+
+    def settings(self):
+        return {"predictor": "oracle"}
+
+    def __call__(self, img1, img2):
+        return self.gt[img1.tobytes()]
+
+
+def test_outputs_names_counts_and_scores(synth, tmp_path):
+    sintel, kitti = synth["sintel"], synth["kitti"]
+    # GT as the prediction scores EPE 0 and Fl-all 0
+    pairs = [p for d in ("clean", "final") for p in flow.sintel_pairs(sintel, "training", d)]
+    r = flow.evaluate("sintel_train", sintel, _Oracle(pairs), tmp_path / "s")
+    assert r["clean"]["epe"] == 0.0 and r["final"]["epe"] == 0.0 and r["clean"]["n_images"] == 6
+    assert sorted(p.relative_to(tmp_path / "s/sintel_clean").as_posix()
+                  for p in (tmp_path / "s/sintel_clean").rglob("*.flo"))[0] == "seq_0/frame_0001.flo"
+    r = flow.evaluate("kitti_train", kitti, _Oracle(flow.kitti_pairs(kitti)), tmp_path / "k")
+    assert r["kitti"]["fl_all"] == 0.0 and r["kitti"]["epe_pooled"] < 1 / 64
+    assert r["kitti"]["images_without_valid_pixels"] == ["000001_10"]
+    # zero flow: Sintel EPE = mean |f*| over every pixel; KITTI pooled over valid pixels
+    r = flow.evaluate("sintel_train", sintel, None, tmp_path / "z")
+    mags = np.concatenate([np.linalg.norm(flow.read_gt(p.flow, "flo")[0], axis=2).ravel()
+                           for p in flow.sintel_pairs(sintel, "training", "clean")])
+    assert r["clean"]["epe"] == pytest.approx(mags.astype(np.float64).mean(), rel=1e-6)
+    r = flow.evaluate("kitti_train", kitti, None, tmp_path / "zk")
+    gts = [flow.read_gt(p.flow, "kitti") for p in flow.kitti_pairs(kitti)]
+    valid_mags = np.concatenate([np.linalg.norm(g, axis=2)[v] for g, v in gts])
+    assert r["kitti"]["epe_pooled"] == pytest.approx(valid_mags.mean(), rel=1e-6)
+    assert r["kitti"]["fl_all"] == pytest.approx(100 * np.mean(valid_mags > 3), rel=1e-6)
+    # submissions: Sintel tree (clean + final, 1-based names) and the KITTI zip
+    r = flow.evaluate("sintel_test", sintel, None, tmp_path / "st")
+    files = sorted(p.relative_to(tmp_path / "st/submission/test").as_posix()
+                   for p in (tmp_path / "st/submission/test").rglob("*.flo"))
+    assert files == [f"{d}/test_0/frame_{n:04d}.flo" for d in ("clean", "final") for n in (1, 2, 3)]
+    r = flow.evaluate("kitti_test", kitti, None, tmp_path / "kt")
+    with zipfile.ZipFile(r["zip"]) as zf:
+        assert zf.namelist() == ["flow/000000_10.png", "flow/000001_10.png"]
+    g, v = eval_flow.read_kitti_png(tmp_path / "kt/flow/000001_10.png")
+    assert v.all() and g.shape == flow.KITTI_SIZES[1][::-1] + (2,)
+
+
+def _train(synth, out, *extra):
+    return flow.main(["train", "--stage", "chairs", "--model", "tiny", "--chairs", str(synth["chairs"]),
+                      "--output", str(out), "--workers", "0", "--effective-batch", "2",
+                      "--batch-size", "2", "--crop", "32", "64", "--val-every", "0",
+                      "--no-progress", "--log-every", "1", *extra])
+
+
+def test_train_resume_exact_and_stage_chain(synth, tmp_path):
+    _train(synth, tmp_path / "straight", "--steps", "4", "--save-every", "4")
+    _train(synth, tmp_path / "split", "--steps", "4", "--save-every", "2", "--max-steps", "2")
+    _train(synth, tmp_path / "split", "--steps", "4", "--save-every", "2", "--resume", "auto")
+    a = torch.load(tmp_path / "straight/checkpoint-last.pth", weights_only=True)
+    b = torch.load(tmp_path / "split/checkpoint-last.pth", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    logs = [json.loads(l) for l in (tmp_path / "split/log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in logs] == [1, 2, 3, 4] and all(math.isfinite(l["loss"]) for l in logs)
+    # save then load gives identical outputs
+    model, ckpt = flow.load_flow_checkpoint(tmp_path / "straight")
+    again = flow.build_model("tiny", crop=(32, 64))
+    again.load_state_dict(a["model"])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x, x), again.eval()(x, x))
+    # the next stage starts from it: protocol C+T (Things subset layout)
+    flow.main(["train", "--stage", "things", "--model", "tiny", "--things", str(synth["things_subset"]),
+               "--init", str(tmp_path / "straight"), "--output", str(tmp_path / "T"), "--workers", "0",
+               "--effective-batch", "2", "--batch-size", "2", "--crop", "32", "64", "--steps", "1",
+               "--val-every", "0", "--no-progress"])
+    t = torch.load(tmp_path / "T/checkpoint-last.pth", weights_only=True)
+    assert t["config"]["protocol"] == "C+T" and t["config"]["things_layout"] == "subset"
