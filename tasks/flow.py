@@ -134,6 +134,19 @@ def stage_config(stage: str, model: str, **overrides) -> dict:
     return cfg
 
 
+def parse_aug(items: list[str]) -> dict:
+    """['eraser_prob=0', 'colour=0'] -> AugParams overrides (typed by the field's default)."""
+    fields = {f.name: f.default for f in dataclasses.fields(AugParams)}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in fields or key in ("crop", "scale", "sparse", "eraser", "flip"):
+            raise SystemExit(f"--aug {item}: not an AugParams field; choose from "
+                             f"{sorted(set(fields) - {'crop', 'scale', 'sparse', 'eraser', 'flip'})}")
+        out[key] = bool(float(value)) if isinstance(fields[key], bool) else float(value)
+    return out
+
+
 def lr_at_step(step: int, lr: float, warmup: int, total: int) -> float:
     """Linear warm-up from 0 over `warmup` steps, then a half-cycle cosine to 0 at `total`."""
     if step < warmup:
@@ -819,7 +832,7 @@ def training_sources(cfg: dict, paths: dict) -> list:
             raise SystemExit(f"{key}: no pairs under {paths.get(key.split('_')[0])}")
         sparse = key.startswith(("kitti", "hd1k"))
         aug = AugParams(crop=cfg["crop"], scale=tuple(scale or cfg["scale"]), flip=cfg["flip"],
-                        sparse=sparse, eraser=tuple(cfg["eraser"]))
+                        sparse=sparse, eraser=tuple(cfg["eraser"]), **cfg.get("aug", {}))
         sources.append((pairs, repeat, aug))
         if dropmae.is_main():
             extra = f" ({things_layout(paths['things'])} layout)" if key.startswith("things") else ""
@@ -837,7 +850,9 @@ def train(args) -> Path:
     """The `train` command: one stage of the schedule, resumable, DDP under torchrun."""
     # config
     overrides = dict(steps=args.steps, lr=args.lr, warmup=args.warmup, batch=args.effective_batch,
-                     crop=tuple(args.crop) if args.crop else None)
+                     crop=tuple(args.crop) if args.crop else None,
+                     scale=tuple(args.scale_range) if args.scale_range else None,
+                     aug=parse_aug(args.aug) if args.aug else None)
     cfg = stage_config(args.stage, args.model, **overrides)
     rank, world, local_rank, device = dropmae.init_distributed()
     if args.cpu:
@@ -1236,13 +1251,20 @@ def test(args) -> dict:
         tiny = model.flow_cfg.encoder == "tiny"
         predictor = Predictor(model, device, args.overlap, args.inference, args.downscale,
                               args.tile_batch, amp=args.amp and device.type == "cuda")
-    result = evaluate(args.dataset, args.data_path, predictor, args.output, args.max_pairs)
-    result["ckpt"] = str(args.ckpt) if args.ckpt else None
-    result["protocol"] = ckpt.get("config", {}).get("protocol")
-    result["tiny_scale"] = tiny
-    Path(args.output, "metrics.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(summary_line(result, tiny))
-    return result
+    if len(args.data_path) != len(args.dataset):
+        raise SystemExit(f"give one --data-path per --dataset ({len(args.dataset)} datasets, "
+                         f"{len(args.data_path)} paths)")
+    results = {}
+    for dataset, root in zip(args.dataset, args.data_path):    # one model load for all of them
+        out = Path(args.output) / (dataset if len(args.dataset) > 1 else "")
+        result = evaluate(dataset, root, predictor, out, args.max_pairs)
+        result["ckpt"] = str(args.ckpt) if args.ckpt else None
+        result["protocol"] = ckpt.get("config", {}).get("protocol")
+        result["tiny_scale"] = tiny
+        (out / "metrics.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(summary_line(result, tiny), flush=True)
+        results[dataset] = result
+    return results if len(results) > 1 else result
 
 
 # --------------------------------------------------------------------------------------------
@@ -1455,6 +1477,10 @@ def parse_args(argv=None):
     tr.add_argument("--effective-batch", type=dropmae.positive_int, default=None, help="default 8")
     tr.add_argument("--batch-size", type=dropmae.positive_int, default=8, help="per process")
     tr.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"))
+    tr.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="log2 scale range of the spatial augmentation (default: the stage's)")
+    tr.add_argument("--aug", nargs="+", default=None, metavar="KEY=VALUE",
+                    help="AugParams overrides, e.g. eraser_prob=0 stretch_prob=0 colour=0")
     tr.add_argument("--workers", type=int, default=4)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-every", type=int, default=5000, help="0: no validation")
@@ -1470,8 +1496,9 @@ def parse_args(argv=None):
     tr.add_argument("--cpu", action="store_true")
 
     te = sub.add_parser("test", help="predict a dataset, write official files, score, FPS")
-    te.add_argument("--dataset", required=True, choices=TEST_DATASETS)
-    te.add_argument("--data-path", required=True, help="the dataset's root")
+    te.add_argument("--dataset", required=True, nargs="+", choices=TEST_DATASETS,
+                    help="one or more; with several, each writes under <output>/<dataset>/")
+    te.add_argument("--data-path", required=True, nargs="+", help="the root of each dataset")
     te.add_argument("--ckpt", default="", help="flow checkpoint or run folder")
     te.add_argument("--zero-flow", action="store_true", help="score the zero-flow baseline")
     te.add_argument("--output", required=True)
