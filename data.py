@@ -630,7 +630,7 @@ class World:
     from (seed, size, num_frames, knobs); seed an int or a sequence of ints (`world_seed`).
     Knobs (the statistics of the scenes; defaults in brackets):
       num_objects   sprites K [None: 2..5 drawn from the seed]
-      speed         peak sprite speed, fraction of the longer frame side per frame [0.01]
+      speed         peak sprite speed, fraction of the longer frame side per frame [0.03]
       spin          largest rotation speed, radians per frame [0.03]
       zoom          largest log-scale amplitude [0.15: scale between 0.86 and 1.16]
       sprite_size   sprite half-size range, fraction of the shorter frame side [(0.08, 0.25)]
@@ -643,7 +643,7 @@ class World:
     """
 
     def __init__(self, seed, size=(160, 120), num_frames=24, num_objects=None, pan=True,
-                 speed=0.01, spin=0.03, zoom=0.15, sprite_size=(0.08, 0.25), max_freq=1 / 8,
+                 speed=0.03, spin=0.03, zoom=0.15, sprite_size=(0.08, 0.25), max_freq=1 / 8,
                  shapes=SPRITE_SHAPES, pan_speed=0.004, sprites=None):
         w, h = (int(v) for v in size)
         if w < 1 or h < 1 or num_frames < 1:
