@@ -234,6 +234,22 @@ BACKBONE_RECIPE = {
 COLLAPSE_FRAMES = 16                                     # held-out frames of the collapse check
 
 
+def code_version() -> str:
+    """A hash of the code that makes the clips and the backbones (data.py, dropmae.py): a cache
+    entry made by other code is reported when reused (delete it to redo it)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("data.py", "dropmae.py"):
+        h.update((REPO / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _warn_if_other_code(done: dict, folder: Path, say):
+    if done.get("code") not in (None, code_version()):
+        say(f"note: {folder} was made by other code (data.py / dropmae.py changed since, hash "
+            f"{done['code']} vs {code_version()}); delete it to redo it with this code")
+
+
 # --------------------------------------------------------------------------------------------
 # Other people's checkpoints -> our ViT key layout (STYLE 7: one explicit table per source)
 # --------------------------------------------------------------------------------------------
@@ -593,9 +609,10 @@ class Backbones:
                        "--codec", "mpeg4"]
                 if run_command(cmd, log, console) != 0:
                     raise StageFailed(f"synthetic clips failed: {' '.join(cmd)}; log {log}\n{tail(log)}")
-            return {"recipe": c, "k400": str(self.folder / "clips" / "train"),
+            return {"recipe": c, "code": code_version(), "k400": str(self.folder / "clips" / "train"),
                     "k400_val": str(self.folder / "clips" / "val")}
         done = once(self.folder / "clips" / "clips.json", build, "the synthetic clips", console.say)
+        _warn_if_other_code(done, self.folder / "clips", console.say)
         if done["recipe"] != json.loads(json.dumps(c)):
             raise SystemExit(f"{self.folder / 'clips'} holds clips of another recipe ({done['recipe']}, "
                              f"now {c}): delete the folder or pass another --backbones")
@@ -652,10 +669,12 @@ class Backbones:
                 raise StageFailed(f"{run}: pre-training finished but wrote no checkpoint-*.pth")
             hours, hardware, n_epochs = pretrain_hours(run)
             return {"checkpoint": str(ckpt), "hours": hours, "hardware": hardware, "epochs": n_epochs,
-                    "folder": str(run), "recipe": recipe}
+                    "folder": str(run), "recipe": recipe, "code": code_version()}
         check()
         multi_node = self.dist["nnodes"] > 1
-        return once(run / "backbone.json", build, f"the backbone {run.name}", console.say, lock=not multi_node)
+        done = once(run / "backbone.json", build, f"the backbone {run.name}", console.say, lock=not multi_node)
+        _warn_if_other_code(done, run, console.say)
+        return done
 
 
 def ensure_backbones(folder, scale: str = "smoke", seeds=(0,), rows=TINY_ROWS, verbose=False) -> dict:
@@ -707,7 +726,7 @@ def stage_collapse(ctx, row: Row) -> dict:
     import torch
 
     import dropmae
-    cfg = dropmae.get_config(ctx.table_run.backbone_recipe["model"])
+    cfg = dropmae.get_config(ctx.model)
     torch.manual_seed(ctx.seed)
     enc = dropmae.ViTEncoder(cfg)
     ckpt = ctx.backbone(row)
@@ -734,7 +753,7 @@ def stage_convert(ctx, row: Row) -> dict:
     rule = row.weights or "ours"
     src = ctx.table_run.ckpts[row.id]
     converted = CONVERTERS[rule](load_foreign(src), src)          # Unsupported / ValueError: skipped
-    model = dropmae.ViTEncoder(dropmae.get_config(ctx.table_run.backbone_recipe["model"]))
+    model = dropmae.ViTEncoder(dropmae.get_config(ctx.model))
     report = dropmae.load_pretrained(converted, model, verbose=False)   # raises on any key/shape mismatch
     if rule == "ours":
         return {"checkpoint": str(Path(src).resolve()), "source": str(src), "rule": rule, "kind": report["kind"]}
@@ -776,6 +795,11 @@ class SeedRun:
     def data(self) -> dict:
         return self.table_run.data
 
+    @property
+    def model(self) -> str:
+        """The model preset of this scale's backbones (tiny, base)."""
+        return self.table_run.backbone_recipe["model"]
+
     def folder(self, row: Row, *parts) -> Path:
         return self.out.joinpath(row.id, *parts)
 
@@ -791,7 +815,9 @@ class SeedRun:
 
     def backbone(self, row: Row) -> Path | None:
         """The checkpoint a row's downstream stages start from; None: random init."""
-        first = "convert" if row.id in self.table_run.ckpts else {"pretrain": "pretrain", "ckpt": "convert"}.get(row.source)
+        first = {"pretrain": "pretrain", "ckpt": "convert"}.get(row.source)
+        if row.id in self.table_run.ckpts:
+            first = "convert"
         if first is None:
             return None
         res = self.result(row, first)
@@ -1175,6 +1201,9 @@ def run_table(run: TableRun, rows: list[Row]) -> int:
         run.console.say(str(stop))
         log_event(run.out, event="stopped", reason=str(stop))
         return 0
+    except StageFailed as err:                           # the data or the clips: nothing can run
+        run.console.say(f"FAILED: {err}")
+        return 1
     if run.dist["node_rank"] != 0:
         return 0
     text = write_table(run, table_records(run, rows, status))
