@@ -231,6 +231,7 @@ BACKBONE_RECIPE = {
     "smoke": dict(model="tiny", clips=dict(train=(2, 2), val=(2, 1)), batch=2, epochs=2,
                   warmup=1, lr=1.5e-3, workers=0, log_every=1),
 }
+VIDEO_SETS = ("k400", "k600", "k700", "mit", "webvid", "folder")   # dataset flags that are pre-training videos
 COLLAPSE_FRAMES = 16                                     # held-out frames of the collapse check
 
 
@@ -621,7 +622,11 @@ class Backbones:
     def command(self, row: Row, seed: int, run: Path) -> tuple[list[str], dict]:
         """The dropmae.py pretrain command of a row and seed, and its recipe (what identifies it)."""
         r = self.recipe
-        path = self.clips()[row.video] if self.scale != "full" else self.videos[row.video]
+        videos = self.clips() if self.scale != "full" else self.videos
+        if row.video not in videos:
+            raise SystemExit(f"row {row.id} pre-trains on {row.video!r}; at {self.scale} scale the backbones "
+                             f"have {sorted(videos)}" + (" (the synthetic clips)" if self.scale != "full" else ""))
+        path = videos[row.video]
         recipe = {"scale": self.scale, "model": r["model"], "data": row.video, "data_path": str(path),
                   "P": row.P, "image_mae": row.image_mae, "seed": seed, "extra": list(row.pretrain_args)}
         args = ["pretrain", "--model", r["model"], "--data", row.video, "--data-path", str(path),
@@ -959,7 +964,7 @@ class TableRun:
             if self.table.synthetic:
                 ctx = SeedRun(self, None)
                 row = Row("data", "synthetic data")
-                ctx.stage(row, Stage("data", self.table.synthetic), "[data]")
+                ctx.stage(row, Stage("data", self.table.synthetic), "[synthetic data]")
                 self.data.update(ctx.result(row, "data")["paths"])
         elif self.table.collapse_check and self.table.heldout and self.data.get(self.table.heldout):
             self.heldout = self.data[self.table.heldout]
@@ -1184,7 +1189,7 @@ def make_run(table: Table, args: argparse.Namespace, stream=None) -> tuple[Table
     out = Path(args.out or f"runs/{table.name}" + ("" if full else f"_{scale}"))
     dist = {"nproc": args.nproc, "nnodes": args.nnodes, "node_rank": args.node_rank,
             "master_addr": args.master_addr, "master_port": args.master_port}
-    videos = {k: v for k, v in given.items() if k in ("k400", "k600", "k700", "mit", "webvid")}
+    videos = {k: v for k, v in given.items() if k in VIDEO_SETS}
     run = TableRun(table, scale, out, range(args.seed, args.seed + args.seeds), videos=videos, datasets=given,
               ckpts=parse_ckpts(args.ckpt, all_rows), dist=dist, backbones=args.backbones,
               verbose=args.verbose, stop_after=args.stop_after, stream=stream)
