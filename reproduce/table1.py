@@ -188,7 +188,7 @@ def last_checkpoint(folder: Path) -> Path:
 def stage_vot_train(ctx, row: Row) -> dict:
     run, r = ctx.folder(row, "droptrack"), ctx.recipe["vot"]
     cmd = ctx.launcher("tasks/vot.py", train=True) + [
-        "train", "--config", "got10k", "--model", ctx.table_run.backbone_recipe["model"],
+        "train", "--config", "got10k", "--model", ctx.model,
         "--data-path", f"got10k={ctx.data['got10k']}", "--output", str(run), "--resume", "auto",
         "--workers", str(r["workers"]), "--seed", str(ctx.seed), *r["args"]]
     if ctx.backbone(row):
@@ -222,7 +222,7 @@ def stage_vot_test(ctx, row: Row) -> dict:
 def stage_vos_train(ctx, row: Row) -> dict:
     run, r = ctx.folder(row, "dropseg"), ctx.recipe["vos"]
     cmd = ctx.launcher("tasks/vos.py", train=True) + [
-        "train", "--model", ctx.table_run.backbone_recipe["model"], "--data-path", str(ctx.data["davis"]),
+        "train", "--model", ctx.model, "--data-path", str(ctx.data["davis"]),
         "--ytvos-path", str(ctx.data["ytvos"]), "--output", str(run), "--resume", "auto",
         "--workers", str(r["workers"]), "--seed", str(ctx.seed), *r["args"]]
     if ctx.backbone(row):

@@ -45,7 +45,8 @@ TOY = textwrap.dedent(f'''
 
     ROWS = [pl.Row("none", "No pre-training"), pl.Row("other", "Other", "X", paper="paper_other")]
     TABLE = pl.Table(
-        name="toy", title="Toy table", paper={{"none": {{"score": 1.5}}, "paper_other": {{"label": "Other X", "score": 2.25}}}},
+        name="toy", title="Toy table",
+        paper={{"none": {{"score": 1.5}}, "paper_other": {{"label": "Other X", "score": 2.25}}}},
         columns=[pl.Column("score", "test"), pl.Column("loss", "test", fmt=".2f")],
         rows={{"full": ROWS, "tiny": ROWS}}, stages=[pl.Stage("train", train, every_node=True), pl.Stage("test", test)],
         recipes={{"full": {{}}, "tiny": {{}}, "smoke": {{}}}}, collapse_check=False)
@@ -164,7 +165,8 @@ def test_full_scale_cells_pair_paper_with_ours_and_no_banner(tmp_path):
     assert "skipped: needs --k400" in text
     assert not pl.format_csv(table, recs, "full").startswith("#")
     assert pl.BANNERS["tiny"] in pl.format_text(table, recs, "tiny")
-    assert "| No pre-training | - | - | same | 62.7 / 60.2 | 69.5 / - | done |" in pl.format_markdown(table, recs, "full")
+    md = pl.format_markdown(table, recs, "full")
+    assert "| No pre-training | - | - | same | 62.7 / 60.2 | 69.5 / - | done |" in md
 
 
 def test_mean_std_over_seeds_skips_missing_values():
