@@ -594,7 +594,7 @@ def _random_texture(rng, base, n, max_freq, contrast, grating=0.0):
 
 def _random_polygon(rng):
     """A convex polygon with 3-7 vertices on the unit circle (counter-clockwise), the centre
-    inside (no gap between vertices of half a turn or more)."""
+    well inside it (no gap of 0.9 half-turn or more between neighbouring vertices)."""
     while True:
         a = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
         if np.max(np.diff(np.r_[a, a[0] + 2 * np.pi])) < 0.9 * np.pi:
@@ -630,7 +630,7 @@ class World:
     from (seed, size, num_frames, knobs); seed an int or a sequence of ints (`world_seed`).
     Knobs (the statistics of the scenes; defaults in brackets):
       num_objects   sprites K [None: 2..5 drawn from the seed]
-      speed         peak sprite speed, fraction of the longer frame side per frame [0.01]
+      speed         peak sprite speed, fraction of the longer frame side per frame [0.03]
       spin          largest rotation speed, radians per frame [0.03]
       zoom          largest log-scale amplitude [0.15: scale between 0.86 and 1.16]
       sprite_size   sprite half-size range, fraction of the shorter frame side [(0.08, 0.25)]
@@ -643,7 +643,7 @@ class World:
     """
 
     def __init__(self, seed, size=(160, 120), num_frames=24, num_objects=None, pan=True,
-                 speed=0.01, spin=0.03, zoom=0.15, sprite_size=(0.08, 0.25), max_freq=1 / 8,
+                 speed=0.03, spin=0.03, zoom=0.15, sprite_size=(0.08, 0.25), max_freq=1 / 8,
                  shapes=SPRITE_SHAPES, pan_speed=0.004, sprites=None):
         w, h = (int(v) for v in size)
         if w < 1 or h < 1 or num_frames < 1:
@@ -657,7 +657,8 @@ class World:
         self.size, self.num_frames = (w, h), int(num_frames)
         self.background = _random_texture(rng, rng.uniform(70, 185, 3), 12, max_freq, 55)
         L = max(w, h)
-        cam_v = pan_speed * L * rng.uniform(0.3, 1.0) * np.array(_unit(rng.uniform(0, 2 * np.pi)))
+        heading = rng.uniform(0, 2 * np.pi)
+        cam_v = pan_speed * L * rng.uniform(0.3, 1.0) * np.array([np.cos(heading), np.sin(heading)])
         cam_a = rng.uniform(0.02, 0.08, 2) * L
         cam_w, cam_phi = rng.uniform(0.03, 0.1, 2), rng.uniform(0, 2 * np.pi, 2)
         if sprites is None:
@@ -869,10 +870,6 @@ class World:
                             np.broadcast_to(surface[:, None], (n, T)))
         occluded = ~_in_frame(tx, ty, w, h) | self._covered(frames, tx, ty, surface[:, None])
         return np.stack([tx, ty], -1).astype(np.float32), occluded
-
-
-def _unit(angle):
-    return math.cos(angle), math.sin(angle)
 
 
 def _unit_planes(sprite):
