@@ -89,6 +89,7 @@ class FlowConfig:
     feature_dim: int = 256                       # DPT fusion width
     head_dims: tuple = (128, 32)                 # output convs before the final 1x1
     drop_path: float = 0.0
+    zero_init: bool = False                      # final 1x1 conv all zero (flow 0, c 0 at start)
 
 
 FLOW_PRESETS = {
@@ -193,7 +194,7 @@ class DPTHead(nn.Module):
     regression head). Hook k: 1x1 conv to layer_dims[k], then to stride 4 / 8 / 16 / 32, then a
     3x3 conv without bias to feature_dim; fusion coarse to fine; output convs."""
 
-    def __init__(self, embed_dim: int, layer_dims, feature_dim: int, head_dims):
+    def __init__(self, embed_dim: int, layer_dims, feature_dim: int, head_dims, zero_init: bool = False):
         super().__init__()
         d = layer_dims
         self.act_postprocess = nn.ModuleList([
@@ -208,8 +209,13 @@ class DPTHead(nn.Module):
         self.conv1 = nn.Conv2d(feature_dim, h1, 3, padding=1)
         self.conv2 = nn.Conv2d(h1, h2, 3, padding=1)
         self.out = nn.Conv2d(h2, 3, 1)
-        nn.init.zeros_(self.out.weight)        # zero-init: flow 0 and confidence 0 at the start
         nn.init.zeros_(self.out.bias)
+        # A zero weight too gives flow 0 and c 0 at the start, but then every gradient upstream
+        # of it is 0 and stays tiny: the tiny model sat at zero flow for 300 steps (its flow
+        # varies in sign from pair to pair, so this layer's own gradient averages out). Off by
+        # default (PyTorch's init, as CroCo); the option is for tests.
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """feats: 4 x (B, D, H/16, W/16), shallow to deep -> (B, 3, H, W)."""
@@ -233,7 +239,7 @@ class DropMAEFlow(dropmae.ViTEncoder):
         assert len(cfg.hooks) == 4 and cfg.hooks[-1] == enc.depth - 1, \
             f"hooks {cfg.hooks}: four blocks, the last one the final block {enc.depth - 1}"
         self.flow_cfg = cfg
-        self.head = DPTHead(enc.embed_dim, cfg.layer_dims, cfg.feature_dim, cfg.head_dims)
+        self.head = DPTHead(enc.embed_dim, cfg.layer_dims, cfg.feature_dim, cfg.head_dims, cfg.zero_init)
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
         """img1 (earlier, `_x`), img2 (`_z`): (B, 3, H, W) -> (B, 3, H, W) = (u, v, c)."""

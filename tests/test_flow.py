@@ -39,8 +39,9 @@ def tiny():
 def test_model_output_shape_and_crop_assert(tiny):
     x = torch.randn(2, 3, 64, 96)
     out = tiny(x, x)
-    assert out.shape == (2, 3, 64, 96)
-    assert torch.all(out == 0)                       # zero-init output conv: flow 0, c 0
+    assert out.shape == (2, 3, 64, 96) and out.abs().max() > 0
+    zero = flow.build_model("tiny", zero_init=True)
+    assert torch.all(zero(x, x) == 0)                # zero-init output conv: flow 0, c 0
     with pytest.raises(AssertionError, match="multiples of 32"):
         flow.build_model("tiny", crop=(64, 80))
     with pytest.raises(AssertionError, match="multiples of 32"):
@@ -86,7 +87,7 @@ def _translation_pair(rng, h=64, w=64, dx=3, dy=-2):
 
 def test_loss_finite_and_falling_on_repeated_batch():
     torch.manual_seed(0)
-    m = flow.build_model("tiny")
+    m = flow.build_model("tiny", zero_init=True)
     rng = np.random.default_rng(0)
     a, b, f = _translation_pair(rng)
     img1, img2 = flow.to_tensor(a)[None].repeat(2, 1, 1, 1), flow.to_tensor(b)[None].repeat(2, 1, 1, 1)
