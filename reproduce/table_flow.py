@@ -89,7 +89,7 @@ OTHER_METHODS = (
 RECIPE = {
     "full": dict(model="base", synthetic=None, C=[], T=[], workers=8, val_every=5000, val_pairs=0,
                  overlap=0.9, max_pairs=0),
-    "tiny": dict(model="tiny", synthetic="tiny", C=["--steps", "300"], T=["--steps", "150"],
+    "tiny": dict(model="tiny", synthetic="tiny", C=["--steps", "250"], T=["--steps", "100"],
                  workers=1, val_every=150, val_pairs=16, overlap=0.9, max_pairs=0),
     "smoke": dict(model="tiny", synthetic="test", workers=0, val_every=2, val_pairs=2, overlap=0.5,
                   max_pairs=2, C=["--steps", "2", "--warmup", "1", "--crop", "32", "64", "--effective-batch", "2"],
