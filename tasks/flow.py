@@ -205,6 +205,9 @@ class DPTHead(nn.Module):
         ])
         self.layer_rn = nn.ModuleList(nn.Conv2d(c, feature_dim, 3, padding=1, bias=False) for c in d)
         self.refinenet = nn.ModuleList(FusionBlock(feature_dim) for _ in range(4))  # [0] finest
+        # The coarsest block has no skip input, so its unit1 is never used (DPT keeps it too);
+        # frozen, so that DDP does not wait for its gradient.
+        self.refinenet[3].unit1.requires_grad_(False)
         h1, h2 = head_dims
         self.conv1 = nn.Conv2d(feature_dim, h1, 3, padding=1)
         self.conv2 = nn.Conv2d(h1, h2, 3, padding=1)
