@@ -186,7 +186,8 @@ TABLE = pl.Table(
     synthetic=make_data,
     collapse_check=False,
     notes=("No paper column: the extended paper's flow numbers are not public; every row is ours. "
-           "Inference: 64x64 / 320x384 tiles (tiny / full) at overlap 0.9, confidence-weighted.",
+           "Inference: tiles of the training crop (tiny 64x64, full 320x384) at overlap 0.9 (smoke "
+           "0.5), confidence-weighted; each row's test.json holds its settings.",
            *OTHER_METHODS),
     description=__doc__)
 
