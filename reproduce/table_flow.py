@@ -85,9 +85,10 @@ OTHER_METHODS = (
 
 # Per scale: the train flags of each stage and the test settings. Full: tasks/flow.py's stage
 # recipes (100k steps each, effective batch 8, lr 2e-5, crop 320x384); the per-process batch is
-# 8 / processes (accumulation covers the rest).
+# 8 / processes (accumulation covers the rest); validation on the first 1024 pairs of Chairs val
+# / Things TEST (CroCo's `test1024` list itself is not shipped here).
 RECIPE = {
-    "full": dict(model="base", synthetic=None, C=[], T=[], workers=8, val_every=5000, val_pairs=0,
+    "full": dict(model="base", synthetic=None, C=[], T=[], workers=8, val_every=5000, val_pairs=1024,
                  overlap=0.9, max_pairs=0),
     "tiny": dict(model="tiny", synthetic="tiny", C=["--steps", "250"], T=["--steps", "100"],
                  workers=1, val_every=150, val_pairs=16, overlap=0.9, max_pairs=0),
