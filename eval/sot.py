@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.output import write_atomic
+
 BENCHMARK_NAMES = {'got10k': 'GOT-10k', 'lasot': 'LaSOT', 'lasot_ext': 'LaSOT_ext',
                    'tnl2k': 'TNL2K', 'trackingnet': 'TrackingNet', 'otb': 'OTB'}
 OPE_BENCHMARKS = ('lasot', 'lasot_ext', 'tnl2k', 'trackingnet', 'otb')
@@ -640,9 +642,11 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as e:  # bad input: the message names the file
         parser.exit(2, f'error: {e}\n')
     print(summary_line(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + '\n')
+    if args.out:  # after the summary line: a failing write cannot lose the score
+        try:
+            write_atomic(args.out, json.dumps(result, indent=1) + '\n')
+        except OSError as err:
+            parser.exit(1, f'error: {err}\n')
     if args.plot:
         for path in write_plots(result, args.plot):
             print(f'wrote {path}')
