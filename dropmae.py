@@ -1120,7 +1120,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     from tqdm import tqdm
 
-    from data import EpochOrder, FramePairDataset, collate_pairs, summarize_skipped
+    from data import EpochOrder, FramePairDataset, collate_pairs, count_skips, summarize_skipped
 
     # ---- config and distributed init
     rank, world, local_rank, device = init_distributed()
@@ -1277,7 +1277,7 @@ def pretrain(args: argparse.Namespace) -> Path:
                 if args.debug_nan_at_step == step:
                     loss = loss * float("nan")
                 local = loss.item()
-                stats = torch.tensor([local, len(skipped)], dtype=torch.float64, device=device)
+                stats = torch.tensor([local, count_skips(skipped)], dtype=torch.float64, device=device)
                 if world > 1:
                     torch.distributed.all_reduce(stats)   # sum over ranks
                 mean_loss, n_skipped = stats[0].item() / world, int(stats[1].item())
@@ -1328,7 +1328,7 @@ def pretrain(args: argparse.Namespace) -> Path:
             f"{time.perf_counter() - t_epoch:.1f} s; {summary}")
         logger.log(epoch=epoch, train_loss=float(np.mean(losses)), train_lr=float(np.mean(lrs)),
                    iterations=len(losses), epoch_time_s=time.perf_counter() - t_epoch,
-                   skipped=len(skipped_all), skipped_videos=summary)
+                   skipped=count_skips(skipped_all), skipped_videos=summary)
         # a resumed partial epoch is saved at its end too, over its partial checkpoint
         if stopped or skip or epoch % args.save_every == 0 or epoch + 1 == args.epochs:
             save(epoch, it + 1)
