@@ -622,8 +622,8 @@ def load_checkpoint(path, trust_pickle: bool = False) -> dict:
             raise corrupt(err) from None
         if not trust_pickle:
             raise CheckpointError(f"{name}: the file pickles Python objects ({found.group(1)}), which "
-                                  f"can run code when loaded; official OSTrack/DropTrack files do. "
-                                  f"Pass --trust-pickle if you trust this file") from None
+                                  f"can run code when loaded (official OSTrack/DropTrack files do): "
+                                  f"pass --trust-pickle if you trust this file") from None
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err2:

@@ -207,7 +207,7 @@ def read_pickle(path, trust_pickle=False):
                              f'plain containers, and loading it could run code; pass '
                              f'--trust-pickle if you trust this file') from None
     except pickle.UnpicklingError as err:
-        raise ValueError(f'{path}: corrupt or not a pickle (UnpicklingError: {err})') from None
+        raise ValueError(f'{path}: truncated or corrupt pickle (UnpicklingError: {err})') from None
     except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
             KeyError, MemoryError, OverflowError) as err:
         raise ValueError(f'{path}: truncated or corrupt pickle ({type(err).__name__}: '

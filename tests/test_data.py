@@ -148,7 +148,7 @@ def test_one_frame_video_gives_same_frame_twice(tmp_path):
     assert np.array_equal(np.asarray(x), np.asarray(z))
     assert np.array_equal(np.asarray(x), sequential_frames(str(folder / 'single.mp4'))[0])
     img_x, img_z, skipped = ds[0]
-    assert img_x.shape == img_z.shape == (3, 32, 32) and skipped == []
+    assert img_x.shape == img_z.shape == (3, 32, 32) and skipped == [] and notes == []
 
 
 # ---------------------------------------------------------------- failures
