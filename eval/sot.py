@@ -41,6 +41,7 @@ import argparse
 import ast
 import io
 import json
+import os
 import re
 import sys
 import warnings
@@ -615,8 +616,15 @@ def write_plots(result, plot_dir):
         ax.grid(True, alpha=0.3)
         ax.legend()
         path = plot_dir / f'{b}_{kind}.png'
-        fig.savefig(path, dpi=120, bbox_inches='tight')
-        plt.close(fig)
+        tmp = path.with_name(f'.{path.name}.tmp.png')  # atomic, as every evaluator output
+        try:
+            fig.savefig(tmp, dpi=120, bbox_inches='tight')
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(err.errno, f'{path}: cannot write the plot ({err.strerror or err})') from None
+        finally:
+            plt.close(fig)
         paths.append(path)
     return paths
 
@@ -648,8 +656,11 @@ def main(argv=None):
         except OSError as err:
             parser.exit(1, f'error: {err}\n')
     if args.plot:
-        for path in write_plots(result, args.plot):
-            print(f'wrote {path}')
+        try:
+            for path in write_plots(result, args.plot):
+                print(f'wrote {path}')
+        except OSError as err:
+            parser.exit(1, f'error: {err}\n')
     return result
 
 

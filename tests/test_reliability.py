@@ -114,6 +114,10 @@ def test_vos_test_with_a_pretraining_or_truncated_checkpoint(tmp_path):
     cut.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(SystemExit, match=f"{cut}: truncated checkpoint"):
         vos.main(argv + ["--ckpt", str(cut)])
+    from tasks import vot                          # the tracker's test says the same
+    with pytest.raises(dropmae.CheckpointError, match=f"{ckpt}: this is a pre-training checkpoint"
+                                                      ".*needs a DropTrack checkpoint"):
+        vot.load_tracker_checkpoint(ckpt)
 
 
 # ---------------------------------------------------------------- 5: resume past a corrupt one
