@@ -7,7 +7,7 @@ checkpoint import, the run infrastructure every training command shares (distrib
 folder, atomic checkpoints, RNG state), and last the `pretrain` command.
 
 State-dict keys are those of the official model (github jimmy-dq/DropMAE, `models_mae.py`), so
-`torch.load(official_ckpt)["model"]` loads into `DropMAE` with `strict=True`.
+`load_checkpoint(official_ckpt)["model"]` loads into `DropMAE` with `strict=True`.
 
 Frame naming, as in the official code: `x` is the earlier frame and `z` the later one in
 pre-training. Each frame adds the same spatial sin-cos table plus its own learned frame vector

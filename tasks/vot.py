@@ -914,7 +914,6 @@ def test(args):
     # the checkpoint is read here, before any worker starts: a bad file is one clear error
     model = load_tracker_checkpoint(args.ckpt, args.model, args.trust_pickle)
     tiny = model.track.encoder == "tiny"
-    del model
     producer = {"ckpt": str(Path(args.ckpt).resolve()), "ckpt_sha256": file_sha256(args.ckpt),
                 "dataset": args.dataset, "model": args.model, "amp": args.amp}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -923,8 +922,10 @@ def test(args):
     threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1)) if device == "cpu" else 1
     if args.workers <= 1:
         threads = torch.get_num_threads()
-    stats = run_dataset(seqs, fmt, out_dir, (args.ckpt, args.model, device, threads, args.amp, args.trust_pickle),
+    source = model if args.workers <= 1 else args.ckpt    # worker processes read the file again
+    stats = run_dataset(seqs, fmt, out_dir, (source, args.model, device, threads, args.amp, args.trust_pickle),
                         args.workers)
+    del model, source
     frames = sum(s["frames"] for s in stats.values())
     seconds = sum(s["seconds"] for s in stats.values())
     summary = {"dataset": args.dataset, "sequences": len(stats), "frames": frames,
