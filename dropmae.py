@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -593,7 +594,6 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(path, trust_pickle: bool = False) -> dict:
     """Read a checkpoint file (a dict) on the CPU, by the trust rule above; errors name `path`."""
-    import zipfile
     name = str(path)
     path = Path(path)
     if not path.exists():
