@@ -331,13 +331,10 @@ CONVERTERS = {"timm": convert_timm_vit, "mocov3": convert_mocov3, "mae": convert
 
 
 def load_foreign(path: str):
-    """torch.load of a foreign file: weights only, argparse.Namespace allowed (MoCo/MAE store args)."""
-    import torch
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
-    return obj
+    """A foreign checkpoint file through the one checkpoint reader (`dropmae.load_checkpoint`:
+    weights only, argparse.Namespace allowed as MoCo/MAE store args; errors name the file)."""
+    import dropmae
+    return dropmae.load_checkpoint(path)
 
 
 # --------------------------------------------------------------------------------------------
