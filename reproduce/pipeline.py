@@ -763,6 +763,7 @@ def stage_convert(ctx, row: Row) -> dict:
     if rule == "ours":
         return {"checkpoint": str(Path(src).resolve()), "source": str(src), "rule": rule, "kind": report["kind"]}
     path = ctx.folder(row, "backbone.pth")
+    path.parent.mkdir(parents=True, exist_ok=True)
     dropmae.save_checkpoint(path, converted)
     return {"checkpoint": ctx.rel(path), "source": str(src), "rule": rule,
             "loaded": report["loaded"], "dropped": report["dropped"], "missing": report["missing"]}
