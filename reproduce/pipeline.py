@@ -58,6 +58,9 @@ once under an `fcntl` lock: two processes (two tables, two pytest-xdist workers)
 same backbone at once train it once; the other waits and reuses it. A folder pre-trained with
 another recipe is refused, not reused. `BACKBONE_RECIPE` holds the pre-training numbers per
 scale; the standard tiny rows (no pre-training, image MAE, TwinMAE, DropMAE) are `tiny_rows()`.
+Tests pass the session's shared folder (`smoke_backbones` in tests/conftest.py) as --backbones,
+so every table's `--smoke` test, on any pytest-xdist worker, uses one set of smoke backbones.
+`python -m reproduce.pipeline backbones [--scale smoke] [--seeds N]` pre-trains them ahead.
 
 Console: one line per stage, redrawn in place on a terminal,
     [row 3/4 TwinMAE K400] pretrain [##########..........]  52%  1:05 elapsed, 1:00 left
@@ -760,6 +763,7 @@ def stage_convert(ctx, row: Row) -> dict:
     if rule == "ours":
         return {"checkpoint": str(Path(src).resolve()), "source": str(src), "rule": rule, "kind": report["kind"]}
     path = ctx.folder(row, "backbone.pth")
+    path.parent.mkdir(parents=True, exist_ok=True)
     dropmae.save_checkpoint(path, converted)
     return {"checkpoint": ctx.rel(path), "source": str(src), "rule": rule,
             "loaded": report["loaded"], "dropped": report["dropped"], "missing": report["missing"]}
