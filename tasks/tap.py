@@ -585,6 +585,13 @@ class KubricClips(torch.utils.data.Dataset):
         if T <= self.k:
             raise ValueError(f"{seq / 'frames'}: {T} frames, a clip needs more than "
                              f"{self.k} (the targets)")
+        first = read_frame(frames[0])
+        W, H = first.size
+        flip = torch.rand(1, generator=g).item() < self.aug.flip_p
+        xy = coords * np.array([self.size / W, self.size / H], np.float32)         # (N, T, 2)
+        if flip:
+            xy[..., 0] = self.size - xy[..., 0]          # x' = W - x in raster coordinates
+        occ = occ | (xy < 0).any(-1) | (xy >= self.size).any(-1)
         for _ in range(5):                          # a query frame with visible tracks
             q = int(torch.randint(T, (1,), generator=g))
             visible = np.flatnonzero(~occ[:, q])
@@ -593,14 +600,7 @@ class KubricClips(torch.utils.data.Dataset):
         pick = visible[torch.randperm(len(visible), generator=g)[:self.nq].numpy()]
         others = [t for t in range(T) if t != q]
         targets = [others[i] for i in torch.randperm(T - 1, generator=g)[:self.k].tolist()]
-        first = read_frame(frames[q])
-        W, H = first.size
-        flip = torch.rand(1, generator=g).item() < self.aug.flip_p
-        scale = np.array([self.size / W, self.size / H], np.float32)
-        xy = coords[pick] * scale                                                  # (n, T, 2)
-        if flip:
-            xy[..., 0] = self.size - xy[..., 0]          # x' = W - x in raster coordinates
-        out_occ = occ[pick] | (xy < 0).any(-1) | (xy >= self.size).any(-1)
+        xy, out_occ = xy[pick], occ[pick]
 
         def load(t, img=None):
             img = img or read_frame(frames[t])
@@ -620,7 +620,7 @@ class KubricClips(torch.utils.data.Dataset):
         target_occ[:, :n] = out_occ[:, targets].T
         valid = np.zeros(self.nq, bool)
         valid[:n] = True
-        return {"query_img": load(q, first), "target_imgs": torch.stack([load(t) for t in targets]),
+        return {"query_img": load(q, first if q == 0 else None), "target_imgs": torch.stack([load(t) for t in targets]),
                 "query_xy": torch.from_numpy(query_xy), "target_xy": torch.from_numpy(target_xy),
                 "target_occ": torch.from_numpy(target_occ), "valid": torch.from_numpy(valid)}
 

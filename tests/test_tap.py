@@ -2,12 +2,14 @@
 the tapnet losses, checkpoint import, the Kubric-export and TAP-Vid readers and their errors,
 training with resume, and predictions scored through eval/tapvid.py.
 Run: .venv/bin/python -m pytest -q tests/test_tap.py"""
+import io
 import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import dropmae
 import tasks.tap as tap
@@ -179,3 +181,225 @@ def test_checkpoint_save_load_identical_outputs(tmp_path):
     torch.save({"model": state, "tap": tap.dataclasses.asdict(model.tap)}, tmp_path / "x.pth")
     with pytest.raises(KeyError, match="x.pth.*extra.weight"):
         tap.load_tap_checkpoint(tmp_path / "x.pth")
+
+
+# ------------------------------------------------------------------------------ readers
+
+def random_clip(seed=0, size=(40, 24), T=7, N=9):
+    """Random frames and straight-line tracks (W, H = size), some occluded: reader data only."""
+    rng = np.random.default_rng(seed)
+    W, H = size
+    frames = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+    start = rng.uniform(0, [W, H], (N, 1, 2))
+    coords = (start + rng.uniform(-1, 1, (N, 1, 2)) * np.arange(T)[None, :, None]).astype(np.float32)
+    occluded = rng.random((N, T)) < 0.3
+    occluded[0] = False
+    return frames, coords, occluded
+
+
+def test_kubric_round_trip_and_visibility_means_occluded(tmp_path):
+    frames, coords, occ = random_clip()
+    seq = tap.write_kubric_sequence(tmp_path, "00007", frames, coords, occ)
+    raw = np.load(seq / "00007.npy", allow_pickle=True).item()
+    assert np.array_equal(raw["visibility"], occ)          # the export stores occluded here
+    got_coords, got_occ = tap.read_kubric_annotation(seq / "00007.npy", trust_pickle=True)
+    assert np.array_equal(got_coords, coords) and np.array_equal(got_occ, occ)
+    assert [p.name for p in tap.kubric_frames(seq)] == [f"{t:03d}.png" for t in range(7)]
+    assert np.array_equal(np.asarray(tap.read_frame(tap.kubric_frames(seq)[3])), frames[3])
+    assert tap.kubric_sequences(tmp_path) == [seq]
+
+
+def test_kubric_untrusted_pickle_is_refused_naming_the_file(tmp_path):
+    seq = tap.write_kubric_sequence(tmp_path, "s", *random_clip())
+    with pytest.raises(PermissionError, match=r"s\.npy.*pickle.*--trust-pickle"):
+        tap.read_kubric_annotation(seq / "s.npy")
+    with pytest.raises(PermissionError, match="s.npy"):
+        tap.KubricClips(tmp_path, 32, num_targets=2)[0]
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"coords": np.zeros((3, 5, 2))}, r"missing key\(s\) \['visibility'\]"),
+    ({"coords": np.zeros((3, 5, 3)), "visibility": np.zeros((3, 5), bool)}, r"\(N, T, 2\)"),
+    ({"coords": np.zeros((3, 5, 2)), "visibility": np.zeros((3, 4), bool)}, r"\(N, T, 2\)"),
+    ({"coords": np.full((3, 5, 2), np.nan), "visibility": np.zeros((3, 5), bool)}, "non-finite"),
+    ({"coords": np.zeros((3, 5, 2)), "visibility": np.full((3, 5), 2)}, "bool or 0/1"),
+    ([1, 2, 3], "expected a dict"),
+])
+def test_kubric_malformed_annotation(tmp_path, data, match):
+    path = tmp_path / "bad.npy"
+    np.save(path, np.array(data, dtype=object) if isinstance(data, dict) else np.array(data, dtype=object))
+    with pytest.raises(ValueError, match=match) as err:
+        tap.read_kubric_annotation(path, trust_pickle=True)
+    assert "bad.npy" in str(err.value)
+
+
+def test_kubric_layout_errors_name_the_file(tmp_path):
+    (tmp_path / "a" / "frames").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"a\.npy"):
+        tap.kubric_sequences(tmp_path)
+    frames, coords, occ = random_clip(T=7)
+    seq = tap.write_kubric_sequence(tmp_path / "r", "b", frames[:5], coords, occ)
+    with pytest.raises(ValueError, match=r"b\.npy.*7 frames.*has 5"):
+        tap.KubricClips(tmp_path / "r", 32, num_targets=2, trust_pickle=True)[0]
+    del seq
+
+
+def test_kubric_clip_item(tmp_path):
+    """Resize to 32 (x 32/40, 32/24), shared flip, out-of-frame points marked occluded."""
+    frames, coords, occ = random_clip(N=9)
+    coords[:, :, 0] += np.linspace(0, 45, 7)                # most tracks leave the 40-px frame
+    occ[:] = False
+    tap.write_kubric_sequence(tmp_path, "c", frames, coords, occ)
+    ds = tap.KubricClips(tmp_path, 32, num_queries=12, num_targets=3, trust_pickle=True,
+                         aug=tap.Augment(0.0, 0.0, 0.0))
+    item = ds[0]
+    assert item["query_img"].shape == (3, 32, 32) and item["target_imgs"].shape == (3, 3, 32, 32)
+    assert item["target_xy"].shape == (3, 12, 2) and item["valid"].sum() <= 9
+    n = int(item["valid"].sum())
+    assert not item["valid"][n:].any() and item["target_occ"][:, n:].all()
+    xy, t_occ = item["target_xy"][:, :n], item["target_occ"][:, :n]
+    outside = (xy < 0).any(-1) | (xy >= 32).any(-1)
+    assert outside.any() and t_occ[outside].all()              # off-frame -> occluded
+    scale = torch.tensor([32 / 40, 32 / 24])
+    src = torch.from_numpy(coords) * scale                     # every query is a scaled track point
+    assert all(((src - item["query_xy"][i]).norm(dim=-1) < 1e-4).any() for i in range(n))
+    flipped = tap.KubricClips(tmp_path, 32, num_queries=12, num_targets=3, trust_pickle=True,
+                              aug=tap.Augment(0.0, 0.0, 1.0))[0]
+    assert torch.allclose(flipped["query_xy"][:n, 0], 32 - item["query_xy"][:n, 0])
+    assert torch.allclose(flipped["query_img"], item["query_img"].flip(-1))
+
+
+def write_tapvid_sets(root, n=3):
+    clips = [random_clip(seed=k) for k in range(n)]
+    davis = {f"v{k}": tap.tapvid_example(*c) for k, c in enumerate(clips)}
+    tap._dump(root / "davis.pkl", davis)
+    tap._dump(root / "rgb.pkl", [tap.tapvid_example(*c) for c in clips])
+    tap._dump(root / "kin" / "0000_of_0010.pkl", [tap.tapvid_example(*c, jpeg=True) for c in clips[:2]])
+    tap._dump(root / "kin" / "0001_of_0010.pkl", [tap.tapvid_example(*c, jpeg=True) for c in clips[2:]])
+    return clips
+
+
+def test_tapvid_readers_round_trip_and_names(tmp_path):
+    clips = write_tapvid_sets(tmp_path)
+    davis = tap.read_tapvid(tmp_path / "davis.pkl", trust_pickle=True)
+    rgb = tap.read_tapvid(tmp_path / "rgb.pkl", trust_pickle=True)
+    kin = tap.read_tapvid(tmp_path / "kin", trust_pickle=True)
+    assert list(davis) == ["v0", "v1", "v2"] and list(rgb) == ["0000", "0001", "0002"]
+    assert list(kin) == ["0000_of_0010_0000", "0000_of_0010_0001", "0001_of_0010_0000"]
+    assert list(kin) == list(tapvid.read_tapvid_gt(tmp_path / "kin"))   # the scorer's names
+    for (video, points, occ), (frames, coords, c_occ) in zip(davis.values(), clips):
+        assert np.array_equal(video, frames) and np.array_equal(occ, c_occ)
+        np.testing.assert_allclose(points * [40, 24], coords, atol=1e-5)
+    jpeg = kin["0000_of_0010_0001"][0]
+    assert jpeg.shape == clips[1][0].shape and jpeg.dtype == np.uint8
+    blob = tap.tapvid_example(*clips[1], jpeg=True)["video"][4]          # Pillow's own round trip
+    assert np.array_equal(jpeg[4], np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")))
+    resized = tap.resize_video(davis["v0"][0], 256)
+    assert resized.shape == (7, 256, 256, 3)                        # aspect ignored
+
+
+def test_tapvid_untrusted_and_malformed(tmp_path):
+    write_tapvid_sets(tmp_path)
+    with pytest.raises(PermissionError, match=r"davis\.pkl.*--trust-pickle"):
+        tap.read_tapvid(tmp_path / "davis.pkl")
+    with pytest.raises(PermissionError, match=r"0000_of_0010\.pkl"):
+        tap.read_tapvid(tmp_path / "kin")
+    frames, coords, occ = random_clip()
+    ex = tap.tapvid_example(frames, coords, occ)
+    cases = {"nokey.pkl": ({"a": {k: v for k, v in ex.items() if k != "occluded"}}, r"missing key.*occluded"),
+             "shape.pkl": ({"a": {**ex, "points": ex["points"][..., :1]}}, r"\(N, T, 2\)"),
+             "frames.pkl": ({"a": {**ex, "video": frames[:3]}}, "7 frames, the video 3"),
+             "nan.pkl": ({"a": {**ex, "points": ex["points"] * np.nan}}, "non-finite"),
+             "video.pkl": ({"a": {**ex, "video": "nope"}}, "uint8 array or a list of JPEG"),
+             "jpeg.pkl": ([{**ex, "video": np.array([b"not a jpeg"] * 7, dtype=object)}], "frame 0 is not"),
+             "top.pkl": (42, "expected a dict or a list")}
+    for name, (obj, match) in cases.items():
+        tap._dump(tmp_path / name, obj)
+        with pytest.raises(ValueError, match=match) as err:
+            tap.read_tapvid(tmp_path / name, trust_pickle=True)
+        assert name in str(err.value)
+    (tmp_path / "trunc.pkl").write_bytes(pickle.dumps({"a": 1})[:5])
+    with pytest.raises(ValueError, match="trunc.pkl.*cannot unpickle"):
+        tap.read_tapvid(tmp_path / "trunc.pkl", trust_pickle=True)
+
+
+# ------------------------------------------------------------------------------ scoring
+
+def test_oracle_scores_one_and_swapped_axes_do_not(tmp_path):
+    """GT tracks written as predictions (both modes, query order of sample_queries) score
+    AJ = delta = OA = 1 through eval/tapvid.py; the same at 384^2 with resolution (384, 384);
+    x and y swapped do not."""
+    write_tapvid_sets(tmp_path)
+    videos = tap.read_tapvid(tmp_path / "davis.pkl", trust_pickle=True)
+    for mode in ("first", "strided"):
+        for size, swap in ((256, False), (384, False), (256, True)):
+            out = tmp_path / f"{mode}_{size}_{swap}"
+            for name, (_, points, occ) in videos.items():
+                qp, tracks, q_occ, _ = tapvid.sample_queries(points * 256, occ, mode)
+                tracks = tracks * size / 256
+                if swap:
+                    tracks = tracks[..., ::-1]
+                tap.write_prediction(out / f"{name}.npz", tracks, q_occ, qp * [1, size / 256, size / 256], size)
+            m = tap.evaluate_folder(videos, out, mode)["mean"]
+            if swap:
+                assert m["average_jaccard"] < 0.5
+            else:
+                assert m["average_jaccard"] == 1.0 and m["average_pts_within_thresh"] == 1.0
+                assert m["occlusion_accuracy"] == 1.0
+
+
+def test_zero_motion_baseline_through_run_tapvid(tmp_path):
+    """run_tapvid writes one .npz per video whose query_points follow sample_queries; the
+    zero-motion predictor scores exactly what eval.tapvid gives the hand-built arrays."""
+    write_tapvid_sets(tmp_path)
+    videos = tap.read_tapvid(tmp_path / "rgb.pkl", trust_pickle=True)
+    result = tap.run_tapvid(lambda frames, qp: tap.zero_motion(qp, len(frames)), videos,
+                            "strided", tmp_path / "pred", 64)
+    per = []
+    for name, (_, points, occ) in videos.items():
+        qp, tracks, q_occ, _ = tapvid.sample_queries(points * 256, occ, "strided")
+        with np.load(tmp_path / "pred" / f"{name}.npz") as z:
+            np.testing.assert_allclose(z["query_points"], qp * [1, 0.25, 0.25], atol=1e-4)
+            assert tuple(z["resolution"]) == (64, 64)
+        zt, zo = tap.zero_motion(qp, occ.shape[1])
+        per.append(tapvid.tapvid_metrics(qp, q_occ, tracks, zo, zt, "strided"))
+    expect = tapvid.mean_over_videos(per)
+    for k in ("average_jaccard", "occlusion_accuracy", "average_pts_within_thresh"):
+        assert result["mean"][k] == pytest.approx(expect[k], abs=1e-6)
+    assert result["points_tracked"] == sum(len(tapvid.sample_queries(p, o, "strided")[0]) * o.shape[1]
+                                           for _, p, o in videos.values())
+
+
+# ------------------------------------------------------------------------------ commands
+
+def test_train_resume_and_test_commands(tmp_path):
+    """2 steps, then `--resume auto` to 3 (run folder, log.jsonl, atomic checkpoints), then
+    `test` on a DAVIS-layout pickle: one .npz per video and metrics.json from eval.tapvid."""
+    for k in range(4):
+        tap.write_kubric_sequence(tmp_path / "kubric", f"{k:03d}", *random_clip(seed=10 + k))
+    write_tapvid_sets(tmp_path, n=2)
+    common = ["train", "--model", "tiny", "--size", "32", "--data-path", str(tmp_path / "kubric"),
+              "--trust-pickle", "--batch-size", "2", "--num-targets", "2", "--num-queries", "8",
+              "--workers", "0", "--warmup", "1", "--print-freq", "1", "--save-every", "1",
+              "--output", str(tmp_path / "run"), "--kubric-variant", "synthetic"]
+    tap.main(common + ["--steps", "2"])
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*.pth")) == ["checkpoint-1.pth", "checkpoint-2.pth"]
+    tap.main(common + ["--steps", "3", "--resume", "auto"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == {"variant": "synthetic", "videos": 4, "resolution": [40, 24], "frames": 7}
+    ckpt = torch.load(run / "checkpoint-3.pth", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["tap"]["size"] == 32
+    assert not list(run.glob("*.tmp"))
+    result = tap.main(["test", "--dataset", "davis", "--query-mode", "first", "--trust-pickle",
+                       "--data-path", str(tmp_path / "davis.pkl"), "--ckpt", str(run / "checkpoint-3.pth"),
+                       "--output", str(tmp_path / "pred")])
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.npz")) == ["v0.npz", "v1.npz"]
+    saved = json.loads((tmp_path / "pred" / "metrics.json").read_text())
+    assert saved["n_videos"] == 2 and saved["mean"] == pytest.approx(result["mean"], nan_ok=True)
+    with pytest.raises(SystemExit, match=r"davis\.pkl.*--trust-pickle"):
+        tap.main(["test", "--dataset", "davis", "--query-mode", "first", "--data-path",
+                  str(tmp_path / "davis.pkl"), "--ckpt", str(run / "checkpoint-3.pth"),
+                  "--output", str(tmp_path / "pred2")])
