@@ -783,6 +783,9 @@ def train(args) -> Path:
                 logger.log(step=step, epoch=epoch, lr=lr, sec_per_step=sec,
                            pairs_per_s=pairs / max(sec, 1e-9), **stats)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", err=f"{stats['err_px256']:.1f}")
+                if dropmae.is_main() and not sys.stderr.isatty():     # a log file: plain lines
+                    print(f"step {step}/{args.steps} loss {stats['loss']:.4f} err "
+                          f"{stats['err_px256']:.2f} px256 lr {lr:.2e} {sec:.3f}s/step", flush=True)
             if step % args.save_every == 0 or step == args.steps:
                 save(args, model, optimizer, scaler, step, epoch, config)
             if step >= args.steps:
@@ -915,18 +918,27 @@ def summary_line(dataset: str, result: dict, tiny: bool = False) -> str:
 def test(args) -> dict:
     """The `test` command: read the TAP-Vid pickles, track, write `<name>.npz`, score."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, ckpt = load_tap_checkpoint(args.ckpt, device)
-    size = args.size or model.tap.size
+    if bool(args.ckpt) == bool(args.baseline):
+        raise ValueError("give either --ckpt or --baseline zero-motion")
     videos = read_tapvid(args.data_path, args.trust_pickle)
     if args.max_videos:
         videos = dict(list(videos.items())[:args.max_videos])
+    if args.baseline:               # every point stays at its query position, visible
+        model, size, tiny = None, args.size or EVAL_SIZE, False
 
-    def predict(frames, qp):
-        return track_queries(model, frames, qp, args.query_mode, args.skip_unscored,
-                             args.pair_batch, args.amp)
+        def predict(frames, qp):
+            return zero_motion(qp, len(frames))
+    else:
+        model, _ = load_tap_checkpoint(args.ckpt, device)
+        size, tiny = args.size or model.tap.size, model.tap.encoder == "tiny"
+
+        def predict(frames, qp):
+            return track_queries(model, frames, qp, args.query_mode, args.skip_unscored,
+                                 args.pair_batch, args.amp)
 
     result = run_tapvid(predict, videos, args.query_mode, args.output, size, args.dataset)
-    result.update(dataset=args.dataset, ckpt=str(args.ckpt), size=size, device=str(device))
+    result.update(dataset=args.dataset, ckpt=str(args.ckpt), baseline=args.baseline, size=size,
+                  device=str(device))
     if args.kinetics_csv:
         result["csv_clips"] = kinetics_csv_count(args.kinetics_csv)
         print(f"kinetics: evaluated {result['n_videos']} of {result['csv_clips']} clips in "
@@ -934,7 +946,8 @@ def test(args) -> dict:
     out = Path(args.output)
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     tag = f" [{size}x{size} input]" if size != EVAL_SIZE else ""
-    print(summary_line(args.dataset, result, model.tap.encoder == "tiny") + tag)
+    print(summary_line(args.dataset, result, tiny) + tag
+          + (f"  [{args.baseline} baseline]" if args.baseline else ""))
     return result
 
 
@@ -991,23 +1004,24 @@ def tapvid_example(frames, coords, occluded, jpeg: bool = False) -> dict:
 
 def write_synthetic(out, train_videos: int = 24, val_videos: int = 6, kubric_size: int = 128,
                     tapvid_size=(80, 48), num_frames: int = 12, num_tracks: int = 64,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, knobs: dict | None = None) -> dict:
     """Synthetic-world tracks in the official layouts (specs/tap.md section 6):
     kubric/{train,val}/<seq>/ (PNG frames at kubric_size^2, the `.npy` dict with visibility =
     occluded); tapvid_davis/tapvid_davis.pkl (dict, non-square tapvid_size frames);
     tapvid_rgb_stacking/tapvid_rgb_stacking.pkl (list); tapvid_kinetics/000{0,1}_of_0010.pkl
     (lists with JPEG-byte frames) and tapvid_kinetics.csv. The TAP-Vid sets are the val
-    videos (seeds disjoint from train). -> {layout: path}."""
-    out = Path(out)
+    videos (seeds disjoint from train). `knobs`: World motion settings. -> {layout: path}."""
+    out, knobs = Path(out), knobs or {}
     for k in range(train_videos):
         write_kubric_sequence(out / "kubric" / "train", f"{k:05d}",
-                              *world_clip(seed * 10000 + k, (kubric_size,) * 2, num_frames, num_tracks))
-    val = [world_clip(seed * 10000 + 5000 + k, tapvid_size, num_frames, num_tracks)
+                              *world_clip(seed * 10000 + k, (kubric_size,) * 2, num_frames, num_tracks,
+                                          **knobs))
+    val = [world_clip(seed * 10000 + 5000 + k, tapvid_size, num_frames, num_tracks, **knobs)
            for k in range(val_videos)]
     for k in range(val_videos):
         write_kubric_sequence(out / "kubric" / "val", f"{k:05d}",
                               *world_clip(seed * 10000 + 5000 + k, (kubric_size,) * 2, num_frames,
-                                          num_tracks))
+                                          num_tracks, **knobs))
     paths = {"kubric_train": out / "kubric" / "train", "kubric_val": out / "kubric" / "val"}
     davis = {f"world-{k:02d}": tapvid_example(*v) for k, v in enumerate(val)}
     paths["davis"] = _dump(out / "tapvid_davis" / "tapvid_davis.pkl", davis)
@@ -1081,7 +1095,9 @@ def parse_args(argv=None):
     te.add_argument("--query-mode", required=True, choices=("first", "strided"))
     te.add_argument("--data-path", required=True, help="TAP-Vid pickle, or the Kinetics shard folder")
     te.add_argument("--trust-pickle", action="store_true", help="allow unpickling the TAP-Vid files")
-    te.add_argument("--ckpt", required=True, help="checkpoint written by `train`")
+    te.add_argument("--ckpt", default="", help="checkpoint written by `train`")
+    te.add_argument("--baseline", default="", choices=("", "zero-motion"),
+                    help="score a baseline instead of a model (zero-motion: points stay put)")
     te.add_argument("--output", required=True, help="folder for <video>.npz and metrics.json")
     te.add_argument("--size", type=int, default=0,
                     help="model input side (0: the checkpoint's; != 256 is another category)")
