@@ -722,6 +722,8 @@ def train(args) -> Path:
     loader_kw = dict(batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                      drop_last=True, pin_memory=device.type == "cuda")
     first = kubric_frames(dataset.seqs[0])
+    seq0 = dataset.seqs[0]                     # fail now (trust flag, format), not in a worker
+    read_kubric_annotation(seq0 / f"{seq0.name}.npy", args.trust_pickle)
     with Image.open(first[0]) as im:
         native = im.size
     config = {"args": vars(args), "tap": dataclasses.asdict(tap), "world_size": world,
