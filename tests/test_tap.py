@@ -322,11 +322,40 @@ def test_tapvid_untrusted_and_malformed(tmp_path):
 
 # ------------------------------------------------------------------------------ scoring
 
+def test_synthetic_world_in_both_layouts(tmp_path):
+    """`write_synthetic`: World.tracks (+ 0.5: tapnet's pixel centres) in the Kubric layout
+    (visibility = occluded) and as TAP-Vid pickles (DAVIS dict at 40x24, RGB-Stacking list,
+    Kinetics JPEG shards), all read back by our readers and named as eval/tapvid.py does."""
+    paths = tap.write_synthetic(tmp_path, train_videos=1, val_videos=2, kubric_size=32,
+                                tapvid_size=(40, 24), num_frames=5, num_tracks=6)
+    from data import World
+    frames, coords, occ = tap.world_clip(0, (32, 32), 5, 6)
+    seq = paths["kubric_train"] / "00000"
+    got, got_occ = tap.read_kubric_annotation(seq / "00000.npy", trust_pickle=True)
+    assert np.array_equal(got, coords) and np.array_equal(got_occ, occ)
+    world = World(0, size=(32, 32), num_frames=5)
+    assert np.array_equal(np.asarray(tap.read_frame(tap.kubric_frames(seq)[2])), world.frame(2))
+    keep = np.flatnonzero((~occ).any(1))
+    t = np.argmax(~occ[keep], axis=1)                  # a frame where the point is front-most
+    qp = np.stack([t, coords[keep, t, 1] - 0.5, coords[keep, t, 0] - 0.5], -1)
+    tracks, occluded = world.tracks(qp)                # the same surface points, re-queried
+    coords, occ = coords[keep], occ[keep]
+    assert len(keep) >= 4 and np.array_equal(occluded, occ)
+    np.testing.assert_allclose(tracks + 0.5, coords, atol=1e-3)
+    davis = tap.read_tapvid(paths["davis"], trust_pickle=True)
+    assert list(davis) == ["world-00", "world-01"] and davis["world-00"][0].shape == (5, 24, 40, 3)
+    assert list(tap.read_tapvid(paths["rgb_stacking"], trust_pickle=True)) == ["0000", "0001"]
+    kin = tap.read_tapvid(paths["kinetics"], trust_pickle=True)
+    assert list(kin) == list(tapvid.read_tapvid_gt(paths["kinetics"]))
+    assert tap.kinetics_csv_count(paths["kinetics_csv"]) == 2
+
+
 def test_oracle_scores_one_and_swapped_axes_do_not(tmp_path):
-    """GT tracks written as predictions (both modes, query order of sample_queries) score
-    AJ = delta = OA = 1 through eval/tapvid.py; the same at 384^2 with resolution (384, 384);
-    x and y swapped do not."""
-    write_tapvid_sets(tmp_path)
+    """Exact synthetic-world tracks written as predictions (both modes, query order of
+    sample_queries) score AJ = delta = OA = 1 through eval/tapvid.py; the same at 384^2 with
+    resolution (384, 384); x and y swapped do not."""
+    clips = [tap.world_clip(k, (40, 24), 8, 16) for k in range(2)]
+    tap._dump(tmp_path / "davis.pkl", {f"w{k}": tap.tapvid_example(*c) for k, c in enumerate(clips)})
     videos = tap.read_tapvid(tmp_path / "davis.pkl", trust_pickle=True)
     for mode in ("first", "strided"):
         for size, swap in ((256, False), (384, False), (256, True)):
