@@ -25,13 +25,15 @@ col j) has its centre at (x, y) = (j + 0.5, i + 0.5); queries are (t, y, x), tra
 The synthetic world puts pixel centres at (j, i), so its tracks get + 0.5 when written.
 
 Commands:
-    # tiny CPU smoke run on the synthetic world (a few minutes)
+    # tiny CPU run on the synthetic world (the tiny table's recipe: ~400 steps, minutes)
     python tasks/tap.py synthetic --out /tmp/tap_synth
-    python tasks/tap.py train --model tiny --data-path /tmp/tap_synth/kubric/train \\
-        --trust-pickle --steps 300 --batch-size 4 --output runs/tap_tiny
+    python tasks/tap.py train --model tiny --size 128 --stride 8 --trust-pickle \\
+        --data-path /tmp/tap_synth/kubric/train --steps 400 --batch-size 4 --num-queries 16 \\
+        --lr 1e-3 --backbone-mult 1 --warmup 30 --workers 1 --output runs/tap_tiny
     python tasks/tap.py test --dataset davis --query-mode first --trust-pickle \\
         --data-path /tmp/tap_synth/tapvid_davis/tapvid_davis.pkl \\
-        --ckpt runs/tap_tiny/checkpoint-300.pth --output runs/tap_tiny/davis_first
+        --ckpt runs/tap_tiny/checkpoint-400.pth --output runs/tap_tiny/davis_first
+    python tasks/tap.py test ... --baseline zero-motion --output runs/tap_tiny/zero_first
 
     # the main recipe (specs/tap.md section 3): 8 GPUs x 8 clips x 4 targets, 100k steps, 256^2
     torchrun --nproc_per_node=8 tasks/tap.py train --model base --data-path movi_f_export \\

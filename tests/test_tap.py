@@ -235,10 +235,9 @@ def test_kubric_layout_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"a\.npy"):
         tap.kubric_sequences(tmp_path)
     frames, coords, occ = random_clip(T=7)
-    seq = tap.write_kubric_sequence(tmp_path / "r", "b", frames[:5], coords, occ)
+    tap.write_kubric_sequence(tmp_path / "r", "b", frames[:5], coords, occ)
     with pytest.raises(ValueError, match=r"b\.npy.*7 frames.*has 5"):
         tap.KubricClips(tmp_path / "r", 32, num_targets=2, trust_pickle=True)[0]
-    del seq
 
 
 def test_kubric_clip_item(tmp_path):
