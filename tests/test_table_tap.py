@@ -1,7 +1,8 @@
 """reproduce/table_tap.py at smoke scale on reproduce/pipeline.py: synthetic-world tracks in
 the Kubric and TAP-Vid layouts, tasks/tap.py train/test per row, the zero-motion row, the
-table's labels and anchors. One run (module fixture) on the shared smoke backbones; three rows
-keep it inside the suite's budget (the tiny default runs every row: `make table-tap`).
+table's labels and anchors. One run (module fixture) on the shared smoke backbones; two rows
+(a pre-trained one and the baseline) keep it inside the suite's budget (the tiny default runs
+every row: `make table-tap`).
 Run: .venv/bin/python -m pytest -q tests/test_table_tap.py"""
 import csv
 import json
@@ -20,7 +21,7 @@ def smoke(tmp_path_factory, smoke_backbones):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("SMOKE", None)
     cmd = [sys.executable, "-m", "reproduce.table_tap", "--smoke", "--out", str(out), "--backbones",
-           str(smoke_backbones), "--rows", "none", "dropmae", "zero_motion"]
+           str(smoke_backbones), "--rows", "dropmae", "zero_motion"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return {"out": out, "text": done.stdout}
@@ -31,7 +32,7 @@ def test_smoke_table_rows_numbers_and_labels(smoke):
     lines = (out / "table_tap.csv").read_text().splitlines()
     assert lines[0] == f"# {pl.BANNERS['smoke']}"
     recs = {r["row"]: r for r in csv.DictReader(lines[1:])}
-    assert list(recs) == ["none", "dropmae", "zero_motion"]
+    assert list(recs) == ["dropmae", "zero_motion"]
     for rec in recs.values():
         assert rec["status"] == "done"
         for m in ("AJ", "delta", "OA"):
