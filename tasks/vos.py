@@ -84,6 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
 from data import World, item_generator, normalize, random_resized_crop_box, sample_pair, world_seed  # noqa: E402
 from eval.davis import VOID_ID, read_sequence_list  # noqa: E402
+from eval.output import write_atomic  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -690,7 +691,8 @@ def train(args):
         print(json.dumps(config, indent=1, default=str))
     # model
     model = build_model(args.model, args.size)
-    resume = dropmae.latest_checkpoint(args.output) if args.resume == "auto" else args.resume
+    resume, ckpt = dropmae.resume_checkpoint(args.output, args.resume,
+                                             required=("model", "optimizer", "scaler", "it", "rng"))
     if args.pretrained and not resume:
         load_backbone(args.pretrained, model, verbose=dropmae.is_main())
     model.to(device)
@@ -699,7 +701,6 @@ def train(args):
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     it, epoch = 0, 0
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -915,10 +916,12 @@ def segment_sequence(model, frame_paths: list, targets: list[Target], short_side
 
 def load_finetuned(path, device) -> tuple[DropSeg, dict]:
     """Our fine-tuned checkpoint -> (model in eval mode, its config); strict key match."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not config or "model" not in ckpt:
-        raise ValueError(f"{path}: not a tasks/vos.py checkpoint (needs 'model' and 'config')")
+    ckpt = dropmae.load_checkpoint(path)                  # errors name the file and the problem
+    dropmae.expect_kind(ckpt, ("dropseg",), path, "tasks/vos.py test")
+    config = ckpt["config"]
+    if "model" not in ckpt or config.get("model") not in VOS_PRESETS:
+        raise dropmae.CheckpointError(f"{path}: a DropSeg checkpoint needs a 'model' entry and "
+                                      f"config['model'] in {sorted(VOS_PRESETS)}")
     model = build_model(config["model"], config.get("size"))
     model.load_state_dict(ckpt["model"], strict=True)
     return model.to(device).eval(), config
@@ -949,7 +952,7 @@ def inference(args):
     timing = {"frames": n_frames, "sequences": len(jobs), "seconds": seconds,
               "fps": n_frames / max(seconds, 1e-9), "device": str(device), "ckpt": str(args.ckpt),
               "model": config["model"]}
-    (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    write_atomic(out / "timing.json", json.dumps(timing, indent=1) + "\n")
     print(f"{args.dataset}: {n_frames} frames of {len(jobs)} sequences in {seconds:.1f} s "
           f"({timing['fps']:.2f} frames/s on {device})")
     if args.dataset in ("davis17_testdev", "ytvos19_valid"):
@@ -962,9 +965,9 @@ def inference(args):
         from eval.davis import evaluate_davis, summary_line, write_outputs
         year = 2016 if args.dataset == "davis16_val" else 2017
         result = evaluate_davis(args.data_path, out, "val", year)
-        write_outputs(result, out)
         tiny = config["model"] == "tiny"
         print(summary_line(result) + ("  [tiny model: tiny scale, not comparable with the paper]" if tiny else ""))
+        write_outputs(result, out)                      # after the score is printed, atomically
     return result
 
 
@@ -1078,10 +1081,12 @@ def parse_args(argv=None):
     tr.add_argument("--lr", type=float, default=2e-5)
     tr.add_argument("--weight-decay", type=float, default=1e-7)
     tr.add_argument("--lr-steps", type=int, nargs="*", default=[125000])
-    tr.add_argument("--lr-gamma", type=float, default=0.1)
+    tr.add_argument("--lr-gamma", type=dropmae.fraction(0, 1, lo_closed=False, hi_closed=True),
+                    default=0.1, help="lr factor at each --lr-steps milestone, in (0, 1]")
     tr.add_argument("--bootstrap-start", type=int, default=20000)
     tr.add_argument("--bootstrap-end", type=int, default=70000)
-    tr.add_argument("--bootstrap-p", type=float, default=0.15)
+    tr.add_argument("--bootstrap-p", type=dropmae.fraction(0, 1, lo_closed=False, hi_closed=True),
+                    default=0.15, help="share of the hardest pixels the loss keeps, in (0, 1]")
     tr.add_argument("--davis-split", default="train", help="ImageSets/2017/<split>.txt")
     tr.add_argument("--davis-repeat", type=int, default=5, help="DAVIS copies in the mix")
     tr.add_argument("--ytvos-subset", default="",
@@ -1120,7 +1125,10 @@ def main(argv=None):
     if args.command == "train":
         return train(args)
     if args.command == "test":
-        return inference(args)
+        try:
+            return inference(args)
+        except (dropmae.CheckpointError, FileNotFoundError) as err:   # names the file
+            raise SystemExit(f"error: {err}") from None
     davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed)
     ytvos = write_synthetic_ytvos(Path(args.out) / "YouTubeVOS", n_frames=args.frames,
                                   seed=args.seed + 1)
