@@ -70,8 +70,10 @@ Used by `dropmae.py pretrain` as:
 `persistent_workers=True` (persistent workers keep their own copy of the dataset and its epoch).
 """
 import argparse
+import ast
 import collections
 import dataclasses
+import inspect
 import json
 import math
 import multiprocessing
@@ -524,6 +526,19 @@ def world_seed(*parts):
     """Entropy for `World(seed)` from ints and strings: ('clips', 0, 7) -> [crc32('clips'), 0, 7].
     Each writer names its own stream, so no two writers draw the same scenes."""
     return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+
+
+def world_knob(text):
+    """A command-line `--world KEY=VALUE` -> (key, value) for World(**knobs); VALUE is a Python
+    literal (0.02, 3, (0.1, 0.2), False). Unknown keys and bad values are errors naming them."""
+    key, sep, value = text.partition('=')
+    knobs = [p for p in inspect.signature(World).parameters if p not in ('seed', 'size', 'num_frames', 'sprites')]
+    if not sep or key not in knobs:
+        raise argparse.ArgumentTypeError(f'--world wants KEY=VALUE with KEY one of {knobs}, got {text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f'--world {key}: {value!r} is not a Python literal') from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1111,6 +1126,8 @@ def main(argv=None):
     p.add_argument('--fps', type=int, default=15)
     p.add_argument('--size', type=_parse_size, default=(160, 120), help='WxH')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--world', type=world_knob, action='append', default=[], metavar='KEY=VALUE',
+                   help='a knob of the synthetic World, e.g. speed=0.02 (repeatable)')
     p.add_argument('--codec', choices=['libx264', 'mpeg4'], default=None,
                    help='default libx264 when PyAV has it (B-frames, like most Kinetics files); '
                         'mpeg4 gives the same bytes on every run, which libx264 here does not')
@@ -1128,7 +1145,7 @@ def main(argv=None):
     if args.command == 'make-clips':
         t0 = time.perf_counter()
         paths = write_synthetic_clips(args.out, args.classes, args.per_class, args.seconds,
-                                      args.fps, args.size, args.seed, args.codec)
+                                      args.fps, args.size, args.seed, args.codec, **dict(args.world))
         codec = args.codec or ('libx264' if 'libx264' in av.codecs_available else 'mpeg4')
         print(f'wrote {len(paths)} clips ({codec}, {args.size[0]}x{args.size[1]}, '
               f'{round(args.seconds * args.fps)} frames) to {args.out} '

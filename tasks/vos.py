@@ -82,7 +82,8 @@ from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
-from data import World, item_generator, normalize, random_resized_crop_box, sample_pair, world_seed  # noqa: E402
+from data import (World, item_generator, normalize, random_resized_crop_box, sample_pair,  # noqa: E402
+                  world_knob, world_seed)
 from eval.davis import VOID_ID, read_sequence_list  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
@@ -980,6 +981,7 @@ def synthetic_clip(seed_parts, n_frames: int = 6, size=(64, 96), n_objects: int 
     front-most object also drifts sideways, out through the nearer side edge by the last frame.
     -> frames (T, H, W, 3) uint8, ids (T, H, W) uint8 (k + 1 = object k, later ones in front)."""
     H, W = size
+    n_objects = world.pop("num_objects", n_objects)
     if leaving and n_frames < 2:
         raise ValueError(f"an object can leave the frame only in a clip of >= 2 frames, got {n_frames}")
     for a in range(attempts):
@@ -1112,6 +1114,8 @@ def parse_args(argv=None):
     sy.add_argument("--out", required=True)
     sy.add_argument("--frames", type=int, default=12)
     sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--world", type=world_knob, action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob of the synthetic data.World, e.g. speed=0.05 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -1121,9 +1125,10 @@ def main(argv=None):
         return train(args)
     if args.command == "test":
         return inference(args)
-    davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed)
+    davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed,
+                                  **dict(args.world))
     ytvos = write_synthetic_ytvos(Path(args.out) / "YouTubeVOS", n_frames=args.frames,
-                                  seed=args.seed + 1)
+                                  seed=args.seed + 1, **dict(args.world))
     print(f"wrote {davis} and {ytvos}")
 
 

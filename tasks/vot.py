@@ -9,6 +9,7 @@ the command line. Datasets, crops and training pairs live in `tasks/vot_data.py`
 Commands:
     # CPU smoke run on synthetic data written in the GOT-10k and LaSOT layouts
     python tasks/vot.py synth --out /tmp/vot_synth            # GOT-10k: 32 train, 8 val sequences
+    #   (of the synthetic data.World; its knobs as --world KEY=VALUE, e.g. --world num_objects=2)
     python tasks/vot.py train --config got10k --model tiny --data-path /tmp/vot_synth/got10k \\
         --epochs 2 --samples-per-epoch 64 --batch-size 8 --workers 0 --output runs/vot_smoke
     python tasks/vot.py test --dataset got10k_val --data-path /tmp/vot_synth/got10k \\
@@ -60,6 +61,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
+from data import world_knob  # noqa: E402
 from dropmae import ViTEncoder, get_config  # noqa: E402
 
 try:                                    # run as `python tasks/vot.py` or imported as `tasks.vot`
@@ -966,13 +968,15 @@ def main(argv=None):
                     "generalises to val needs tens; 2 are memorised)")
     sy.add_argument("--val-seqs", type=int, default=8, help="GOT-10k val sequences")
     sy.add_argument("--frames", type=int, default=24, help="frames per sequence (training needs >= 20)")
+    sy.add_argument("--world", type=world_knob, action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob of the synthetic data.World, e.g. num_objects=2 (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "train":
         return train(args)
     if args.command == "test":
         return test(args)
     print(vd.write_synthetic(args.out, seed=args.seed, T=args.frames, n_train=args.train_seqs,
-                             n_val=args.val_seqs))
+                             n_val=args.val_seqs, **dict(args.world)))
 
 
 if __name__ == "__main__":
