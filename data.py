@@ -627,7 +627,7 @@ def _random_sprite(rng, size, speed, spin, zoom, sprite_size, max_freq, shapes):
     swing = rng.uniform(0.1, 0.6, 2) * (w, h)
     omega = v * np.abs([np.cos(direction), np.sin(direction)]) / swing
     # the texture: screen frequencies stay <= max_freq down to the smallest scale exp(-z)
-    texture = _random_texture(rng, rng.uniform(40, 215, 3), 6, max_freq * math.exp(-z), 30,
+    texture = _random_texture(rng, rng.uniform(30, 225, 3), 6, max_freq * math.exp(-z), 25,
                               grating=rng.uniform(25, 50))
     return Sprite(kind, (r * aspect, r / aspect), texture,
                   centre=tuple(rng.uniform(0.15, 0.85, 2) * (w, h)), swing=tuple(swing),
@@ -670,7 +670,8 @@ class World:
             raise ValueError(f'World: shapes must be some of {SPRITE_SHAPES}, got {shapes}')
         rng = np.random.default_rng(seed)
         self.size, self.num_frames = (w, h), int(num_frames)
-        self.background = _random_texture(rng, rng.uniform(70, 185, 3), 12, max_freq, 55)
+        # the background: smoother (half the band) and of lower contrast than the sprites
+        self.background = _random_texture(rng, rng.uniform(70, 185, 3), 12, max_freq / 2, 35)
         L = max(w, h)
         heading = rng.uniform(0, 2 * np.pi)
         cam_v = pan_speed * L * rng.uniform(0.3, 1.0) * np.array([np.cos(heading), np.sin(heading)])

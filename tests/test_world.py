@@ -49,7 +49,7 @@ def test_frame_warped_by_the_exact_flow_matches_the_other_frame():
             err, used = warp_error(world, t, s)
             assert err < 1.0 and used > 0.5, (seed, t, s, err, used)
         still, _ = warp_error(world, 0, 11, flow=np.zeros(SIZE[::-1] + (2,), np.float32))
-        assert still > 5.0, still
+        assert still > 2.0, still
 
 
 def test_tracks_are_the_query_moved_by_the_flow():
