@@ -65,3 +65,13 @@ clips: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Optical flow (tasks/flow.py, our DropMAE-Flow design): the C+T table by initialisation, tiny
+# synthetic scale by default (SMOKE=1: the test suite's scale); full scale with ARGS="--chairs
+# ... --things ... --sintel ... --kitti ... --ckpt dropmae=PATH ...". bench-flow: base preset speed.
+.PHONY: table-flow bench-flow
+table-flow: $(STAMP)
+	$(PYTHON) -m reproduce.table_flow $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+bench-flow: $(STAMP)
+	$(PYTHON) -m reproduce.bench_flow --out $(BENCH)/flow.json
