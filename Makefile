@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 WORKERS ?= 2
 BENCH   := runs/bench
 
-.PHONY: venv test table1 figure-attention bench bench-pretrain bench-eval bench-vot backbones clips clean
+.PHONY: venv test table1 figure-attention table-tap bench bench-pretrain bench-eval bench-vot bench-tap backbones clips clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -34,8 +34,13 @@ table1: $(STAMP)
 figure-attention: $(STAMP)
 	$(PYTHON) -m reproduce.table1 --figure-attention $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
+# Tracking any point (tasks/tap.py): initialisation rows on TAP-Vid; tiny synthetic by default,
+# SMOKE=1 for the test suite's scale; full scale: ARGS="--kubric ... --tapvid-davis ..." (README).
+table-tap: $(STAMP)
+	$(PYTHON) -m reproduce.table_tap $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
 # Benchmarks: ratios measured side by side in one run; never timed tests.
-bench: bench-pretrain bench-eval bench-vot
+bench: bench-pretrain bench-eval bench-vot bench-tap
 
 bench-pretrain: $(STAMP)
 	$(PYTHON) -m reproduce.bench_pretrain --out $(BENCH)/pretrain.json
@@ -45,6 +50,9 @@ bench-eval: $(STAMP)
 
 bench-vot: $(STAMP)
 	$(PYTHON) -m reproduce.bench_vot --out $(BENCH)/vot.json
+
+bench-tap: $(STAMP)
+	$(PYTHON) -m reproduce.bench_tap --out $(BENCH)/tap.json
 
 # 3-D point-cloud tracking (reproduce/table_3d.py): tiny synthetic LiDAR scenes in the KITTI
 # tracking layout by default, SMOKE=1 for the test suite's scale; full scale:
@@ -67,3 +75,13 @@ clips: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Optical flow (tasks/flow.py, our DropMAE-Flow design): the C+T table by initialisation, tiny
+# synthetic scale by default (SMOKE=1: the test suite's scale); full scale with ARGS="--chairs
+# ... --things ... --sintel ... --kitti ... --ckpt dropmae=PATH ...". bench-flow: base preset speed.
+.PHONY: table-flow bench-flow
+table-flow: $(STAMP)
+	$(PYTHON) -m reproduce.table_flow $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+bench-flow: $(STAMP)
+	$(PYTHON) -m reproduce.bench_flow --out $(BENCH)/flow.json

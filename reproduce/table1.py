@@ -62,18 +62,21 @@ whole pipeline runs end to end, resumes, and every number is produced by the sam
 full run. What it does not show: any of the paper's numbers or their ordering.
 
 Tiny budget, from the stage times of one `make table1` on a fresh clone on this 2-core machine
-(shared with other jobs; the same stages ran 2-40x slower while other test suites ran beside
-them):
+(2026-11-25, before the pipeline split; shared with other jobs, the same stages ran 2-40x slower
+while other test suites ran beside them):
     | stage                                     | tiny settings                      | wall s   |
     |-------------------------------------------|------------------------------------|----------|
-    | synthetic data (once)                     | 32 + 20 mp4 clips, GOT 32+8+1 seqs | ~10      |
+    | clips of the backbone cache (once)        | 32 + 20 mp4 clips                  | ~5       |
+    | synthetic data (once)                     | GOT 32+8+1 seqs, DAVIS/YT-VOS      | ~5       |
     | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 3000 steps, batch 8, 1 loader proc | ~120-155 |
+    | collapse, x4 (smoke: measured 0-4 s each) | 16 held-out frames                 | ~1-4     |
     | vot_train, x4                             | 50 epochs x 64 pairs, batch 8      | ~25      |
     | vot_val + vot_test, x4                    | 8 + 1 sequences of 24 frames       | ~4       |
     | vos_train, x4                             | 500 iterations, batch 4, 96 px     | ~33-39   |
     | vos_val, x4                               | 3 sequences of 12 frames           | ~2       |
     | total, venv included                      |                                    | ~12 min  |
     Measured end to end: `make table1` on a fresh clone, venv included, 12 min 15 s (2026-11-25).
+A second table, or a rerun with another --out, reuses the three backbones of runs/backbones_tiny.
 The pre-training numbers are `pipeline.BACKBONE_RECIPE` (shared by every table); the fine-tuning
 numbers are `FINETUNE_RECIPE` below.
 """
@@ -145,15 +148,19 @@ FINETUNE_RECIPE = {
     "full": dict(vot=dict(args=[], workers=8, epochs=100), vot_test_workers=4,
                  vos=dict(args=[], workers=8)),                           # vos: 210k iterations
     "tiny": dict(
-        vot_synth=dict(train=32, val=8, frames=24), vos_frames=12,
-        vot=dict(args=["--epochs", "50", "--samples-per-epoch", "64", "--batch-size", "8",
-                       "--val-every", "0"], workers=0, epochs=50),
+        vot_synth=dict(train=32, val=32, frames=24), vos_frames=12,
+        vos_synth=dict(davis_train=6, davis_val=12, ytvos=4),   # disjoint DAVIS train / val
+        # 150 epochs: tasks/vot.py's TINY_TRAIN, measured there to track (50 left the tracker
+        # at train IoU 0.06-0.09, AO ~10 for every row, so no row could differ)
+        vot=dict(args=["--epochs", "150", "--samples-per-epoch", "64", "--batch-size", "8",
+                       "--val-every", "0"], workers=0, epochs=150),
         vot_test_workers=1,
         vos=dict(args=["--iterations", "500", "--batch-size", "4", "--size", "96", "--lr", "1e-4",
                        "--lr-steps", "400", "--bootstrap-start", "150", "--bootstrap-end", "350",
                        "--print-freq", "50", "--save-every", "250"], workers=0)),
     "smoke": dict(
         vot_synth=dict(train=4, val=2, frames=20), vos_frames=4,
+        vos_synth=dict(davis_train=1, davis_val=2, ytvos=1),
         vot=dict(args=["--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4",
                        "--val-every", "0"], workers=0, epochs=1),
         vot_test_workers=1,
@@ -172,7 +179,10 @@ def make_synthetic_data(ctx, row) -> dict:
     py = sys.executable
     ctx.run([py, "tasks/vot.py", "synth", "--out", str(data / "vot"), "--train-seqs", str(r["vot_synth"]["train"]),
              "--val-seqs", str(r["vot_synth"]["val"]), "--frames", str(r["vot_synth"]["frames"])])
-    ctx.run([py, "tasks/vos.py", "synthetic", "--out", str(data / "vos"), "--frames", str(r["vos_frames"])])
+    v = r.get("vos_synth", dict(davis_train=3, davis_val=3, ytvos=2))     # the CLI's defaults
+    ctx.run([py, "tasks/vos.py", "synthetic", "--out", str(data / "vos"), "--frames", str(r["vos_frames"]),
+             "--davis-train", str(v["davis_train"]), "--davis-val", str(v["davis_val"]),
+             "--ytvos-videos", str(v["ytvos"])])
     return {"paths": {"got10k": str(data / "vot" / "got10k"), "davis": str(data / "vos" / "DAVIS"),
                       "ytvos": str(data / "vos" / "YouTubeVOS")}}
 
@@ -188,7 +198,7 @@ def last_checkpoint(folder: Path) -> Path:
 def stage_vot_train(ctx, row: Row) -> dict:
     run, r = ctx.folder(row, "droptrack"), ctx.recipe["vot"]
     cmd = ctx.launcher("tasks/vot.py", train=True) + [
-        "train", "--config", "got10k", "--model", ctx.table_run.backbone_recipe["model"],
+        "train", "--config", "got10k", "--model", ctx.model,
         "--data-path", f"got10k={ctx.data['got10k']}", "--output", str(run), "--resume", "auto",
         "--workers", str(r["workers"]), "--seed", str(ctx.seed), *r["args"]]
     if ctx.backbone(row):
@@ -222,7 +232,7 @@ def stage_vot_test(ctx, row: Row) -> dict:
 def stage_vos_train(ctx, row: Row) -> dict:
     run, r = ctx.folder(row, "dropseg"), ctx.recipe["vos"]
     cmd = ctx.launcher("tasks/vos.py", train=True) + [
-        "train", "--model", ctx.table_run.backbone_recipe["model"], "--data-path", str(ctx.data["davis"]),
+        "train", "--model", ctx.model, "--data-path", str(ctx.data["davis"]),
         "--ytvos-path", str(ctx.data["ytvos"]), "--output", str(run), "--resume", "auto",
         "--workers", str(r["workers"]), "--seed", str(ctx.seed), *r["args"]]
     if ctx.backbone(row):

@@ -82,8 +82,10 @@ from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
-from data import World, item_generator, normalize, random_resized_crop_box, sample_pair, world_seed  # noqa: E402
+from data import (World, item_generator, normalize, random_resized_crop_box, sample_pair,  # noqa: E402
+                  world_knob, world_seed)
 from eval.davis import VOID_ID, read_sequence_list  # noqa: E402
+from eval.output import write_atomic  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -690,7 +692,8 @@ def train(args):
         print(json.dumps(config, indent=1, default=str))
     # model
     model = build_model(args.model, args.size)
-    resume = dropmae.latest_checkpoint(args.output) if args.resume == "auto" else args.resume
+    resume, ckpt = dropmae.resume_checkpoint(args.output, args.resume,
+                                             required=("model", "optimizer", "scaler", "it", "rng"))
     if args.pretrained and not resume:
         load_backbone(args.pretrained, model, verbose=dropmae.is_main())
     model.to(device)
@@ -699,7 +702,6 @@ def train(args):
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     it, epoch = 0, 0
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -915,10 +917,12 @@ def segment_sequence(model, frame_paths: list, targets: list[Target], short_side
 
 def load_finetuned(path, device) -> tuple[DropSeg, dict]:
     """Our fine-tuned checkpoint -> (model in eval mode, its config); strict key match."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not config or "model" not in ckpt:
-        raise ValueError(f"{path}: not a tasks/vos.py checkpoint (needs 'model' and 'config')")
+    ckpt = dropmae.load_checkpoint(path)                  # errors name the file and the problem
+    dropmae.expect_kind(ckpt, ("dropseg",), path, "tasks/vos.py test")
+    config = ckpt["config"]
+    if "model" not in ckpt or config.get("model") not in VOS_PRESETS:
+        raise dropmae.CheckpointError(f"{path}: a DropSeg checkpoint needs a 'model' entry and "
+                                      f"config['model'] in {sorted(VOS_PRESETS)}")
     model = build_model(config["model"], config.get("size"))
     model.load_state_dict(ckpt["model"], strict=True)
     return model.to(device).eval(), config
@@ -949,7 +953,7 @@ def inference(args):
     timing = {"frames": n_frames, "sequences": len(jobs), "seconds": seconds,
               "fps": n_frames / max(seconds, 1e-9), "device": str(device), "ckpt": str(args.ckpt),
               "model": config["model"]}
-    (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    write_atomic(out / "timing.json", json.dumps(timing, indent=1) + "\n")
     print(f"{args.dataset}: {n_frames} frames of {len(jobs)} sequences in {seconds:.1f} s "
           f"({timing['fps']:.2f} frames/s on {device})")
     if args.dataset in ("davis17_testdev", "ytvos19_valid"):
@@ -962,9 +966,9 @@ def inference(args):
         from eval.davis import evaluate_davis, summary_line, write_outputs
         year = 2016 if args.dataset == "davis16_val" else 2017
         result = evaluate_davis(args.data_path, out, "val", year)
-        write_outputs(result, out)
         tiny = config["model"] == "tiny"
         print(summary_line(result) + ("  [tiny model: tiny scale, not comparable with the paper]" if tiny else ""))
+        write_outputs(result, out)                      # after the score is printed, atomically
     return result
 
 
@@ -980,6 +984,7 @@ def synthetic_clip(seed_parts, n_frames: int = 6, size=(64, 96), n_objects: int 
     front-most object also drifts sideways, out through the nearer side edge by the last frame.
     -> frames (T, H, W, 3) uint8, ids (T, H, W) uint8 (k + 1 = object k, later ones in front)."""
     H, W = size
+    n_objects = world.pop("num_objects", n_objects)
     if leaving and n_frames < 2:
         raise ValueError(f"an object can leave the frame only in a clip of >= 2 frames, got {n_frames}")
     for a in range(attempts):
@@ -1002,13 +1007,19 @@ def synthetic_clip(seed_parts, n_frames: int = 6, size=(64, 96), n_objects: int 
 
 
 def write_synthetic_davis(root, sequences=("blobs-a", "blobs-b", "blobs-c"), n_frames: int = 6,
-                          size=(64, 96), seed: int = 0, **world) -> Path:
+                          size=(64, 96), seed: int = 0, val_sequences=None, **world) -> Path:
     """A DAVIS-2017 trainval-layout folder: JPEGImages/480p, Annotations/480p (DAVIS palette),
-    ImageSets/2017 and 2016 {train,val}.txt listing every sequence; each sequence a
-    `synthetic_clip` of frames (H, W) = size, stream ("davis", seed, name), knobs `world`."""
+    ImageSets/2017 and 2016 {train,val}.txt; each sequence a `synthetic_clip` of frames
+    (H, W) = size, stream ("davis", seed, name), knobs `world`. With `val_sequences`, train.txt
+    lists `sequences` and val.txt `val_sequences` (disjoint, as the official split); without,
+    both list `sequences` (the unit tests' one-folder form)."""
     root = Path(root)
     palette = davis_palette()
-    for seq in sequences:
+    splits = ({"train": list(sequences), "val": list(sequences)} if val_sequences is None else
+              {"train": list(sequences), "val": list(val_sequences)})
+    if set(splits["train"]) & set(splits["val"]) and val_sequences is not None:
+        raise ValueError(f"DAVIS train and val sequences overlap: {sorted(set(splits['train']) & set(splits['val']))}")
+    for seq in dict.fromkeys(splits["train"] + splits["val"]):
         frames, ids = synthetic_clip(("davis", seed, seq), n_frames, size, **world)
         for t in range(n_frames):
             (root / "JPEGImages" / "480p" / seq).mkdir(parents=True, exist_ok=True)
@@ -1018,7 +1029,7 @@ def write_synthetic_davis(root, sequences=("blobs-a", "blobs-b", "blobs-c"), n_f
     for year in ("2016", "2017"):
         (root / "ImageSets" / year).mkdir(parents=True, exist_ok=True)
         for split in ("train", "val"):
-            (root / "ImageSets" / year / f"{split}.txt").write_text("\n".join(sequences) + "\n")
+            (root / "ImageSets" / year / f"{split}.txt").write_text("\n".join(splits[split]) + "\n")
     return root
 
 
@@ -1078,10 +1089,12 @@ def parse_args(argv=None):
     tr.add_argument("--lr", type=float, default=2e-5)
     tr.add_argument("--weight-decay", type=float, default=1e-7)
     tr.add_argument("--lr-steps", type=int, nargs="*", default=[125000])
-    tr.add_argument("--lr-gamma", type=float, default=0.1)
+    tr.add_argument("--lr-gamma", type=dropmae.fraction(0, 1, lo_closed=False, hi_closed=True),
+                    default=0.1, help="lr factor at each --lr-steps milestone, in (0, 1]")
     tr.add_argument("--bootstrap-start", type=int, default=20000)
     tr.add_argument("--bootstrap-end", type=int, default=70000)
-    tr.add_argument("--bootstrap-p", type=float, default=0.15)
+    tr.add_argument("--bootstrap-p", type=dropmae.fraction(0, 1, lo_closed=False, hi_closed=True),
+                    default=0.15, help="share of the hardest pixels the loss keeps, in (0, 1]")
     tr.add_argument("--davis-split", default="train", help="ImageSets/2017/<split>.txt")
     tr.add_argument("--davis-repeat", type=int, default=5, help="DAVIS copies in the mix")
     tr.add_argument("--ytvos-subset", default="",
@@ -1112,6 +1125,13 @@ def parse_args(argv=None):
     sy.add_argument("--out", required=True)
     sy.add_argument("--frames", type=int, default=12)
     sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--davis-train", type=int, default=3,
+                    help="DAVIS train sequences (train-000, ...)")
+    sy.add_argument("--davis-val", type=int, default=3,
+                    help="DAVIS val sequences (val-000, ...), disjoint from the train ones")
+    sy.add_argument("--ytvos-videos", type=int, default=2, help="YouTube-VOS train (and valid) videos")
+    sy.add_argument("--world", type=world_knob, action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob of the synthetic data.World, e.g. speed=0.05 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -1120,10 +1140,20 @@ def main(argv=None):
     if args.command == "train":
         return train(args)
     if args.command == "test":
-        return inference(args)
-    davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed)
+        try:
+            return inference(args)
+        except (dropmae.CheckpointError, FileNotFoundError) as err:   # names the file
+            raise SystemExit(f"error: {err}") from None
+    for flag in ("davis_train", "davis_val", "ytvos_videos"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed,
+                                  sequences=[f"train-{i:03d}" for i in range(args.davis_train)],
+                                  val_sequences=[f"val-{i:03d}" for i in range(args.davis_val)],
+                                  **dict(args.world))
     ytvos = write_synthetic_ytvos(Path(args.out) / "YouTubeVOS", n_frames=args.frames,
-                                  seed=args.seed + 1)
+                                  seed=args.seed + 1, videos=[f"vid{i}" for i in range(args.ytvos_videos)],
+                                  **dict(args.world))
     print(f"wrote {davis} and {ytvos}")
 
 
