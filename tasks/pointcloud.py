@@ -786,7 +786,7 @@ def load_pretrained_blocks(src, model: PointDropTrack, verbose: bool = True) -> 
 
 def load_tracker_checkpoint(path) -> PointDropTrack:
     """Our `train` checkpoint (path or dict with 'model' and 'point') -> model in eval mode (strict)."""
-    ckpt = path if isinstance(path, dict) else torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = path if isinstance(path, dict) else dropmae.load_checkpoint(path)
     if "point" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a tasks/pointcloud.py checkpoint (needs 'model' and 'point')")
     point = ckpt["point"]
@@ -901,9 +901,8 @@ def train(args) -> Path:
     optimizer = torch.optim.AdamW(param_groups(model, cfg["lr"], cfg["backbone_mult"], cfg["weight_decay"], main),
                                   lr=cfg["lr"], betas=(0.9, 0.999), weight_decay=cfg["weight_decay"])
     start = 1
-    resume = dropmae.latest_checkpoint(run) if args.resume == "auto" else args.resume
+    resume, ckpt = dropmae.resume_checkpoint(run, args.resume, required=("model", "optimizer", "epoch", "rng"))
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         dropmae.set_rng_state(ckpt["rng"])
