@@ -54,6 +54,16 @@ bench-vot: $(STAMP)
 bench-tap: $(STAMP)
 	$(PYTHON) -m reproduce.bench_tap --out $(BENCH)/tap.json
 
+# 3-D point-cloud tracking (reproduce/table_3d.py): tiny synthetic LiDAR scenes in the KITTI
+# tracking layout by default, SMOKE=1 for the test suite's scale; full scale:
+# make table-3d ARGS="--kitti /data/kitti/tracking/training --k400 ... --ckpt ROW=PATH"
+.PHONY: table-3d bench-3d
+table-3d: $(STAMP)
+	$(PYTHON) -m reproduce.table_3d $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+bench-3d: $(STAMP)
+	$(PYTHON) -m reproduce.bench_3d --out $(BENCH)/3d.json
+
 # The shared tiny backbones of every table (image MAE, TwinMAE, DropMAE) pre-trained once into
 # runs/backbones_tiny ahead of the tables (ARGS="--seeds 3" or "--scale smoke"); tables reuse them.
 backbones: $(STAMP)

@@ -992,6 +992,193 @@ def _paint(texture, linear, offset, y0, y1, x0, x1):
 
 
 # ----------------------------------------------------------------------------------------------
+# Synthetic LiDAR scenes (the one 3-D synthetic world; pure numpy, used by tasks/pointcloud.py)
+#
+# Velodyne frame: x forward, y left, z up, sensor at the origin. Boxes are "up boxes"
+# [x, y, z, l, w, h, yaw] (geometric centre; the length runs along yaw about +z), the layout of
+# eval/kitti3d.py's velodyne mode. A scan is float32 (N, 4): x, y, z, reflectance.
+
+LIDAR_GROUND_Z = -1.73            # ground plane (the KITTI sensor height, approximately)
+LIDAR_SIZES = {                   # class-like (w, l, h) in metres
+    'Car': (1.6, 3.9, 1.5), 'Van': (1.9, 5.0, 2.2),
+    'Pedestrian': (0.6, 0.8, 1.7), 'Cyclist': (0.6, 1.8, 1.7)}
+LIDAR_SPEEDS = {'Car': (0.3, 1.0), 'Van': (0.3, 0.9), 'Pedestrian': (0.05, 0.15),
+                'Cyclist': (0.15, 0.45)}          # metres per frame (10 Hz: 3-10 m/s for cars)
+
+
+def _box_frame(points, boxes):
+    """points (M, 3), boxes (K, 7) -> (K, M, 3): the points in each box's frame."""
+    d = points[None] - boxes[:, None, :3]
+    c, s = np.cos(boxes[:, 6])[:, None], np.sin(boxes[:, 6])[:, None]
+    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1], d[..., 2]], -1)
+
+
+def _ray_blocked(points, boxes, own):
+    """(M,) bool: the segment sensor -> point passes through a box other than `own` (M,) (-1: none).
+
+    Slab test in each box's frame, on the segment's parameter t in [0, 1); a point on a face of
+    its own box is not blocked by that box.
+    """
+    blocked = np.zeros(len(points), bool)
+    origin = _box_frame(np.zeros((1, 3)), boxes)[:, 0]                # (K, 3)
+    direction = _box_frame(points, boxes) - origin[:, None]          # (K, M, 3)
+    half = boxes[:, None, [3, 4, 5]] / 2
+    with np.errstate(divide='ignore', invalid='ignore'):
+        t1 = (-half - origin[:, None]) / direction
+        t2 = (half - origin[:, None]) / direction
+    t1 = np.where(direction == 0, -np.inf, t1)
+    t2 = np.where(direction == 0, np.inf, t2)
+    enter = np.minimum(t1, t2).max(-1)                               # (K, M)
+    leave = np.maximum(t1, t2).min(-1)
+    inside_slab = (np.abs(origin[:, None]) < half) | (direction != 0)  # parallel rays inside
+    hit = (enter < leave) & (leave > 0) & (enter < 1 - 1e-6) & inside_slab.all(-1)
+    hit &= np.arange(len(boxes))[:, None] != own[None]
+    blocked |= hit.any(0)
+    return blocked
+
+
+class LidarWorld:
+    """A synthetic LiDAR scene: targets of the four KITTI classes on a ground plane, with clutter.
+
+        w = LidarWorld(seed, num_frames=16, kinds=('Car', 'Pedestrian'), distractor=False,
+                       empty=None)
+        w.kinds            # ['Car', 'Pedestrian']: the class of each target k
+        w.boxes(t)         # (K, 7) float64 up boxes of the targets at frame t (velodyne)
+        w.clutter          # (C, 7) static boxes (parked boxes and poles), w.clutter_kinds
+        w.scan(t)          # float32 (N, 4): x, y, z, reflectance; a few thousand points
+        w.target_points(t) # (K,) int: the returns on each target in scan(t)
+
+    Deterministic from (seed, num_frames, kinds, distractor, empty). Targets stand on the ground
+    (z = LIDAR_GROUND_Z + h/2), 5-22 m from the sensor, and move with a constant speed along their
+    heading and a constant yaw rate. The scan: the ground sampled on 16 beam rings out to 40 m;
+    the faces of every box that face the sensor, sampled with a density that falls as 1/r^2
+    (far targets get fewer than 10 returns); a return is dropped when the ray from the sensor
+    to it passes through another box first (occlusion); 2 cm Gaussian noise, random
+    reflectance. `distractor=True` adds a second target of the first target's class that drives
+    beside it (about 2.5 m apart); `empty=(k, t)` removes every return of target k at frame t
+    (a full occlusion), so one frame has no point on the target.
+    """
+
+    RINGS = np.deg2rad(np.linspace(-24.0, -2.5, 16))   # beam elevations that reach the ground
+    RING_STEPS = 140                                    # azimuth samples per ring
+    DENSITY = 5000.0                                    # returns per m^2 at 1 m (then / r^2)
+
+    def __init__(self, seed, num_frames=16, kinds=('Car', 'Pedestrian'), distractor=False,
+                 empty=None):
+        rng = np.random.default_rng([seed, num_frames, 7])
+        self.seed, self.num_frames, self.empty = seed, num_frames, empty
+        self.kinds = list(kinds)
+        starts, velocities = [], []
+        for k, kind in enumerate(self.kinds):
+            for _ in range(100):                       # keep targets apart at frame 0
+                r, a = rng.uniform(5, 22), rng.uniform(-np.pi, np.pi)
+                xy = np.array([r * np.cos(a), r * np.sin(a)])
+                if all(np.linalg.norm(xy - s[:2]) > 6 for s in starts):
+                    break
+            wd, ln, ht = np.array(LIDAR_SIZES[kind]) * rng.uniform(0.92, 1.08, 3)
+            yaw = rng.uniform(-np.pi, np.pi)
+            starts.append(np.array([*xy, LIDAR_GROUND_Z + ht / 2, ln, wd, ht, yaw]))
+            velocities.append((rng.uniform(*LIDAR_SPEEDS[kind]), rng.uniform(-0.04, 0.04)))
+        if distractor and self.kinds:                  # same class, driving in parallel
+            first = starts[0].copy()
+            side = np.array([-np.sin(first[6]), np.cos(first[6])])
+            first[:2] += side * (first[4] + rng.uniform(0.6, 1.0))
+            self.kinds.append(self.kinds[0])
+            starts.append(first)
+            velocities.append(velocities[0])
+        self._starts, self._velocities = np.array(starts).reshape(-1, 7), velocities
+        n_clutter = int(rng.integers(3, 7))
+        clutter, clutter_kinds = [], []
+        for c in range(n_clutter):
+            r, a = rng.uniform(8, 35), rng.uniform(-np.pi, np.pi)
+            if c % 2:                                  # a pole
+                size, kind = (0.25, 0.25, rng.uniform(2.5, 4.0)), 'Pole'
+            else:                                      # a parked box / shed
+                size, kind = (rng.uniform(1.0, 2.5), rng.uniform(1.5, 4.0), rng.uniform(1.0, 2.5)), 'Misc'
+            clutter.append([r * np.cos(a), r * np.sin(a), LIDAR_GROUND_Z + size[2] / 2,
+                            size[1], size[0], size[2], rng.uniform(-np.pi, np.pi)])
+            clutter_kinds.append(kind)
+        self.clutter, self.clutter_kinds = np.array(clutter).reshape(-1, 7), clutter_kinds
+
+    def boxes(self, t):
+        """(K, 7) up boxes of the targets at frame t: a constant-speed, constant-turn path."""
+        out = self._starts.copy()
+        for k, (speed, rate) in enumerate(self._velocities):
+            yaw0 = self._starts[k, 6]
+            if abs(rate) < 1e-9:
+                dx, dy = speed * t * np.cos(yaw0), speed * t * np.sin(yaw0)
+            else:                                      # arc of radius speed / rate
+                dx = speed / rate * (np.sin(yaw0 + rate * t) - np.sin(yaw0))
+                dy = -speed / rate * (np.cos(yaw0 + rate * t) - np.cos(yaw0))
+            out[k, 0] += dx
+            out[k, 1] += dy
+            out[k, 6] = np.angle(np.exp(1j * (yaw0 + rate * t)))
+        return out
+
+    def _face_points(self, box, rng):
+        """Returns sampled on the faces of one box that face the sensor: (M, 3)."""
+        x, y, z, ln, wd, ht, yaw = box
+        c, s = np.cos(yaw), np.sin(yaw)
+        axes = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])   # length, width, up
+        half = np.array([ln, wd, ht]) / 2
+        centre = np.array([x, y, z])
+        out = []
+        for a in range(3):
+            for sign in (-1.0, 1.0):
+                normal = sign * axes[a]
+                face_centre = centre + normal * half[a]
+                if normal @ (-face_centre) <= 0:       # faces away from the sensor
+                    continue
+                u, v = [b for b in range(3) if b != a]
+                area = 4 * half[u] * half[v]
+                r2 = max(face_centre @ face_centre, 1.0)
+                n = rng.poisson(self.DENSITY * area / r2 * abs(normal @ -face_centre) / np.sqrt(r2))
+                uv = rng.uniform(-1, 1, (n, 2)) * half[[u, v]]
+                out.append(face_centre + uv[:, :1] * axes[u] + uv[:, 1:] * axes[v])
+        return np.concatenate(out) if out else np.zeros((0, 3))
+
+    def _scan(self, t):
+        """(points (N, 4) float32, owner (N,) int: target k, -1 ground, -2 clutter)."""
+        rng = np.random.default_rng([self.seed, self.num_frames, 11, t])
+        boxes = np.concatenate([self.boxes(t), self.clutter])
+        n_targets = len(self._starts)
+        ranges = -LIDAR_GROUND_Z / np.tan(-self.RINGS)                     # (rings,)
+        az = np.linspace(-np.pi, np.pi, self.RING_STEPS, endpoint=False)
+        az = az[None] + rng.uniform(0, 2 * np.pi / self.RING_STEPS, (len(ranges), 1))
+        ground = np.stack([ranges[:, None] * np.cos(az), ranges[:, None] * np.sin(az),
+                           np.full(az.shape, LIDAR_GROUND_Z)], -1).reshape(-1, 3)
+        ground = ground[np.hypot(ground[:, 0], ground[:, 1]) <= 40]
+        pts, owner = [ground], [np.full(len(ground), -1)]
+        for k, box in enumerate(boxes):
+            p = self._face_points(box, rng)
+            if self.empty is not None and tuple(self.empty) == (k, t):
+                p = p[:0]
+            pts.append(p)
+            owner.append(np.full(len(p), k if k < n_targets else -2))
+        pts, owner = np.concatenate(pts), np.concatenate(owner)
+        own_box = np.where(owner >= 0, owner, -1)
+        clutter_ids = np.nonzero(owner == -2)[0]       # clutter points belong to their own box
+        if len(clutter_ids):
+            rel = _box_frame(pts[clutter_ids], self.clutter)
+            inside = (np.abs(rel) <= self.clutter[:, None, 3:6] / 2 + 1e-6).all(-1)
+            own_box[clutter_ids] = n_targets + inside.argmax(0)
+        keep = ~_ray_blocked(pts, boxes, own_box)
+        pts, owner = pts[keep], owner[keep]
+        pts = pts + rng.normal(0, 0.02, pts.shape)
+        refl = rng.uniform(0, 1, (len(pts), 1))
+        return np.concatenate([pts, refl], 1).astype(np.float32), owner
+
+    def scan(self, t):
+        """float32 (N, 4) scan at frame t: x, y, z, reflectance."""
+        return self._scan(t)[0]
+
+    def target_points(self, t):
+        """(K,) int: how many returns of scan(t) lie on each target."""
+        owner = self._scan(t)[1]
+        return np.array([np.count_nonzero(owner == k) for k in range(len(self._starts))])
+
+
+# ----------------------------------------------------------------------------------------------
 # The dataset
 
 class FramePairDataset(torch.utils.data.Dataset):
