@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 WORKERS ?= 2
 BENCH   := runs/bench
 
-.PHONY: venv test table1 figure-attention bench bench-pretrain bench-eval bench-vot clips clean
+.PHONY: venv test table1 figure-attention bench bench-pretrain bench-eval bench-vot backbones clips clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -22,9 +22,11 @@ venv: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile -q tests
 
-# Table 1. No dataset paths: the tiny synthetic reproduction (~15 min on 2 cores), SMOKE=1 for
-# ~2 min. Full scale: make table1 ARGS="--k400 ... --got10k ... --davis ... --ytvos ... --ckpt ROW=PATH"
-# (NPROC / NNODES / NODE_RANK / MASTER_ADDR from the environment or the make command line).
+# Table 1 (reproduce/table1.py on reproduce/pipeline.py). No dataset paths: the tiny synthetic
+# reproduction (~12 min on 2 cores), SMOKE=1 for ~2 min; ARGS="--seeds 3" for mean ± std over
+# seeds, ARGS=--verbose to stream every stage's output. Full scale: make table1 ARGS="--k400 ...
+# --got10k ... --davis ... --ytvos ... --ckpt ROW=PATH" (NPROC / NNODES / NODE_RANK / MASTER_ADDR
+# from the environment or the make command line).
 table1: $(STAMP)
 	$(PYTHON) -m reproduce.table1 $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
@@ -44,9 +46,14 @@ bench-eval: $(STAMP)
 bench-vot: $(STAMP)
 	$(PYTHON) -m reproduce.bench_vot --out $(BENCH)/vot.json
 
-# Tiny real mp4 clips in the Kinetics-400 layout, for smoke runs.
+# The shared tiny backbones of every table (image MAE, TwinMAE, DropMAE) pre-trained once into
+# runs/backbones_tiny ahead of the tables (ARGS="--seeds 3" or "--scale smoke"); tables reuse them.
+backbones: $(STAMP)
+	$(PYTHON) -m reproduce.pipeline backbones $(ARGS)
+
+# Tiny real mp4 clips in the Kinetics-400 layout (the backbones' pre-training and held-out clips).
 clips: $(STAMP)
-	$(PYTHON) data.py make-clips --out runs/k400_tiny
+	$(PYTHON) -m reproduce.pipeline clips $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

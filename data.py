@@ -25,10 +25,36 @@ Layouts (`preset`, `root`):
                     <root> has a `train` folder; files directly under <root> are ignored)
   mit               <root>/training/<class>/<id>.mp4        (Moments in Time)
   webvid, folder    every video file anywhere under <root> (recursive)
-  synthetic         no files: moving textured shapes on a textured background, rendered in
-                    memory, deterministic per (seed, index)
+  synthetic         no files: videos of the synthetic world (below), rendered in memory,
+                    deterministic per (seed, index): World(world_seed('pretrain', seed, index),
+                    (256, 192), 64 frames, **world knobs of FramePairDataset)
 Video files are those with the extensions above (any case); hidden files (`.name`, e.g. macOS
 `._x.mp4`) are ignored. The order is sorted and deterministic.
+
+The synthetic world (`World`; the one source of synthetic frames and ground truth in this suite:
+the `synthetic` preset, `make-clips`, and the GOT-10k / LaSOT / DAVIS / YouTube-VOS writers of
+tasks/ all draw from it, each from its own seed stream `world_seed(name, ...)`):
+  - a scene is a textured background, translating when the camera pans, and K textured sprites
+    (ellipses, rectangles, convex polygons) back to front, sprite k + 1 in front of sprite k;
+    each sprite has its own smooth affine motion: per-axis sinusoidal swing of its centre (so it
+    may leave the frame and come back), constant spin, sinusoidal scale;
+  - textures are sums of sinusoids in the surface's own coordinates (the background's: world
+    coordinates; a sprite's: its own pixels at scale 1), band-limited to `max_freq` cycles per
+    pixel on screen, so a frame warped by the exact flow with bilinear sampling matches the other
+    frame to a fraction of a grey level away from sprite edges (tests/test_world.py);
+  - every frame is point-sampled at pixel centres: a pixel shows the front-most surface that
+    contains its centre; masks, boxes and labels are those same pixels;
+  - flow(t, s) and tracks(queries) come from the analytic motion (a surface point is mapped to
+    the surface's own coordinates at t and back to the screen at s), never from the pixels; a
+    point is occluded where a nearer sprite contains it, or outside the frame;
+  - everything is a pure function of (seed, size, num_frames, knobs); the knobs (number of
+    sprites, speed, spin, zoom, sprite size, texture band limit, shapes, pan) are keyword
+    arguments of World with the defaults listed in its docstring.
+  Pixel (row i, col j) has centre (x, y) = (j, i); a frame spans x in [-0.5, W - 0.5).
+  Used as:
+    w = World(world_seed('mine', 0), size=(160, 120), num_frames=24)
+    w.frame(t), w.label_map(t), w.masks(t), w.boxes(t), w.visible(t), w.visible_fraction(t)
+    flow, valid = w.flow(t, s); tracks, occluded = w.tracks([[t, y, x], ...])
 
 Commands:
   python data.py make-clips --out /tmp/k400_tiny [--classes 3 --per-class 4 --seconds 2 --fps 15 \
@@ -45,12 +71,14 @@ Used by `dropmae.py pretrain` as:
 """
 import argparse
 import collections
+import dataclasses
 import json
 import math
 import multiprocessing
 import os
 import sys
 import time
+import zlib
 from fractions import Fraction
 
 import av
@@ -487,63 +515,395 @@ def augment(image, size, scale, g, ratio=(3 / 4, 4 / 3)):
 
 
 # ----------------------------------------------------------------------------------------------
-# Synthetic videos: moving textured shapes on a panning textured background
+# The synthetic world: textured sprites over a panning textured background, with exact truth
 
-def synthetic_scene(seed, index, size=SYNTHETIC_SIZE, num_frames=SYNTHETIC_FRAMES, style=None):
-    """A random scene (dict), deterministic per (seed, index); `style` 0/1/2 = ellipses /
-    rectangles / both (default: index % 3). Render its frames with `render_frame`."""
-    rng = np.random.default_rng([seed, index])
+SPRITE_SHAPES = ('ellipse', 'rect', 'polygon')
+
+
+def world_seed(*parts):
+    """Entropy for `World(seed)` from ints and strings: ('clips', 0, 7) -> [crc32('clips'), 0, 7].
+    Each writer names its own stream, so no two writers draw the same scenes."""
+    return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+
+
+@dataclasses.dataclass(frozen=True)
+class Texture:
+    """An RGB texture of continuous coordinates q (pixels): base + sum_n amp[n] cos(2 pi
+    freq[n] . q + phase[n]). Band-limited (|freq| <= the world's max_freq on screen), so a
+    bilinear resampling of a rendered frame is accurate to well under one grey level."""
+    base: np.ndarray             # (3,) mean RGB, 0..255
+    freq: np.ndarray             # (N, 2) cycles per pixel, (fx, fy)
+    phase: np.ndarray            # (N,) radians
+    amp: np.ndarray              # (N, 3) RGB amplitude of each sinusoid
+
+
+@dataclasses.dataclass(frozen=True)
+class Sprite:
+    """One textured shape and its smooth affine motion, in screen pixels.
+
+    At frame t: centre c(t) = centre + velocity t + swing sin(omega t + phi) (per axis),
+    angle a(t) = angle + spin t, scale s(t) = exp(zoom sin(zoom_omega t + zoom_phase)).
+    A screen point p is the sprite point q = R(-a) (p - c) / s (sprite pixels at scale 1), inside
+    the shape when (q_x / radii_x, q_y / radii_y) is inside the unit shape: the disc (ellipse),
+    the square [-1, 1]^2 (rect) or the convex polygon `vertices` (polygon). Its colour there is
+    `texture` at q, so the texture moves, turns and scales with the sprite."""
+    kind: str                    # 'ellipse' | 'rect' | 'polygon'
+    radii: tuple                 # (rx, ry) half-extent in pixels at scale 1
+    texture: Texture
+    centre: tuple                # (x, y) pixels
+    velocity: tuple = (0.0, 0.0)  # pixels per frame
+    swing: tuple = (0.0, 0.0)    # pixels
+    omega: tuple = (0.0, 0.0)    # radians per frame
+    phi: tuple = (0.0, 0.0)
+    angle: float = 0.0           # radians
+    spin: float = 0.0            # radians per frame
+    zoom: float = 0.0            # amplitude of log scale
+    zoom_omega: float = 0.0
+    zoom_phase: float = 0.0
+    vertices: tuple = ()         # polygon only: unit-shape vertices (x, y), counter-clockwise
+
+    def unit_area(self):
+        """Area of the unit shape (times rx * ry * s^2 = the sprite's area in pixels)."""
+        if self.kind == 'ellipse':
+            return math.pi
+        if self.kind == 'rect':
+            return 4.0
+        x, y = np.asarray(self.vertices, dtype=np.float64).T
+        return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))    # shoelace
+
+
+def _random_texture(rng, base, n, max_freq, contrast, grating=0.0):
+    """A band-limited texture: n sinusoids with |f| log-uniform in [max_freq / 8, max_freq],
+    random orientation, amplitude falling as |f|^-0.5 (a 1/f-like spectrum), RMS ~ contrast / 1.4,
+    each with its own colour direction; plus, with grating > 0, one dominant oriented grating of
+    that amplitude at |f| in [max_freq / 2, max_freq]."""
+    mag = max_freq * np.exp(rng.uniform(np.log(1 / 8), 0.0, n))
+    if grating:
+        mag[0] = max_freq * rng.uniform(0.5, 1.0)
+    theta = rng.uniform(0, 2 * np.pi, n)
+    freq = mag[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)
+    weight = mag ** -0.5
+    alpha = contrast * weight / np.linalg.norm(weight)
+    if grating:
+        alpha[0] = grating
+    colour = rng.normal(0, 1, (n, 3)) + rng.choice([-1.0, 1.0], (n, 1))   # chroma + luminance
+    colour /= np.linalg.norm(colour, axis=1, keepdims=True)
+    return Texture(np.asarray(base, dtype=np.float64), freq, rng.uniform(0, 2 * np.pi, n),
+                   alpha[:, None] * colour)
+
+
+def _random_polygon(rng):
+    """A convex polygon with 3-7 vertices on the unit circle (counter-clockwise), the centre
+    inside (no gap between vertices of half a turn or more)."""
+    while True:
+        a = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
+        if np.max(np.diff(np.r_[a, a[0] + 2 * np.pi])) < 0.9 * np.pi:
+            return tuple(map(tuple, np.stack([np.cos(a), np.sin(a)], 1)))
+
+
+def _random_sprite(rng, size, speed, spin, zoom, sprite_size, max_freq, shapes):
     w, h = size
-    style = index % 3 if style is None else style % 3
-    pan = max(w, h) // 8
-    coarse = rng.integers(0, 256, (max(2, (h + 2 * pan) // 16), max(2, (w + 2 * pan) // 16), 3))
-    blobs = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize(
-        (w + 2 * pan, h + 2 * pan), Image.BICUBIC), dtype=np.float32)
-    yy, xx = np.mgrid[0:h + 2 * pan, 0:w + 2 * pan].astype(np.float32)
-    fx, fy = rng.uniform(-0.25, 0.25, 2)
-    grating = 40 * np.sin(2 * np.pi * (fx * xx + fy * yy))[..., None] * rng.uniform(-1, 1, 3)
-    background = np.clip(0.8 * blobs + grating + 25, 0, 255).astype(np.float32)
-    shapes = []
-    for s in range(int(rng.integers(2, 5))):
-        kind = ('ellipse', 'rect')[s % 2] if style == 2 else ('ellipse', 'rect')[style]
-        shapes.append(dict(
-            kind=kind, radii=rng.uniform(0.08, 0.22, 2) * min(w, h),
-            pos=rng.uniform(0, 1, 2) * (w, h), vel=rng.uniform(-3, 3, 2) * (1 + 0.5 * (index % 2)),
-            period=float(rng.uniform(3, 10)), angle=float(rng.uniform(0, np.pi)),
-            colors=rng.integers(0, 256, (2, 3)).astype(np.float32)))
-    return dict(size=(w, h), num_frames=num_frames, pan=pan, background=background,
-                cam_pos=rng.uniform(0, 2 * pan, 2), cam_vel=rng.uniform(-1.5, 1.5, 2),
-                shapes=shapes)
+    r = rng.uniform(*sprite_size) * min(w, h)
+    aspect = np.exp(rng.uniform(-0.4, 0.4))
+    kind = shapes[int(rng.integers(len(shapes)))]
+    z = rng.uniform(0, zoom)
+    v = speed * max(w, h) * rng.uniform(0.5, 1.5)                  # peak speed, pixels / frame
+    direction = rng.uniform(0, 2 * np.pi)
+    swing = rng.uniform(0.1, 0.6, 2) * (w, h)
+    omega = v * np.abs([np.cos(direction), np.sin(direction)]) / swing
+    # the texture: screen frequencies stay <= max_freq down to the smallest scale exp(-z)
+    texture = _random_texture(rng, rng.uniform(40, 215, 3), 6, max_freq * math.exp(-z), 30,
+                              grating=rng.uniform(25, 50))
+    return Sprite(kind, (r * aspect, r / aspect), texture,
+                  centre=tuple(rng.uniform(0.15, 0.85, 2) * (w, h)), swing=tuple(swing),
+                  omega=tuple(omega), phi=tuple(rng.uniform(0, 2 * np.pi, 2)),
+                  angle=float(rng.uniform(0, 2 * np.pi)), spin=float(rng.uniform(-spin, spin)),
+                  zoom=float(z), zoom_omega=float(rng.uniform(0.02, 0.15)),
+                  zoom_phase=float(rng.uniform(0, 2 * np.pi)),
+                  vertices=_random_polygon(rng) if kind == 'polygon' else ())
 
 
-def _bounce(x, lo, hi):
-    """Position x reflected into [lo, hi] (a triangle wave): elastic bouncing off the walls."""
-    span = hi - lo
-    u = np.mod(x - lo, 2 * span)
-    return lo + np.where(u <= span, u, 2 * span - u)
+class World:
+    """A synthetic video with exact ground truth; see "The synthetic world" in the docstring.
+
+    World(seed, size=(W, H), num_frames=T, num_objects=None, pan=True, **knobs): deterministic
+    from (seed, size, num_frames, knobs); seed an int or a sequence of ints (`world_seed`).
+    Knobs (the statistics of the scenes; defaults in brackets):
+      num_objects   sprites K [None: 2..5 drawn from the seed]
+      speed         peak sprite speed, fraction of the longer frame side per frame [0.01]
+      spin          largest rotation speed, radians per frame [0.03]
+      zoom          largest log-scale amplitude [0.15: scale between 0.86 and 1.16]
+      sprite_size   sprite half-size range, fraction of the shorter frame side [(0.08, 0.25)]
+      max_freq      band limit of every texture on screen, cycles per pixel [1/8]
+      shapes        kinds drawn from [SPRITE_SHAPES]
+      pan, pan_speed  camera pan (the background translating), fraction of the longer side per
+                    frame [True, 0.004]
+      sprites       explicit list of `Sprite` (back to front) instead of random ones
+    Pixel (row i, col j) has centre (x, y) = (j, i); frames span x in [-0.5, W - 0.5].
+    """
+
+    def __init__(self, seed, size=(160, 120), num_frames=24, num_objects=None, pan=True,
+                 speed=0.01, spin=0.03, zoom=0.15, sprite_size=(0.08, 0.25), max_freq=1 / 8,
+                 shapes=SPRITE_SHAPES, pan_speed=0.004, sprites=None):
+        w, h = (int(v) for v in size)
+        if w < 1 or h < 1 or num_frames < 1:
+            raise ValueError(f'World: need size >= 1x1 and num_frames >= 1, got {size}, {num_frames}')
+        if not 0 < max_freq < 0.5:
+            raise ValueError(f'World: max_freq must be in (0, 0.5) cycles per pixel, got {max_freq}')
+        unknown = set(shapes) - set(SPRITE_SHAPES)
+        if unknown or not shapes:
+            raise ValueError(f'World: shapes must be some of {SPRITE_SHAPES}, got {shapes}')
+        rng = np.random.default_rng(seed)
+        self.size, self.num_frames = (w, h), int(num_frames)
+        self.background = _random_texture(rng, rng.uniform(70, 185, 3), 12, max_freq, 55)
+        L = max(w, h)
+        cam_v = pan_speed * L * rng.uniform(0.3, 1.0) * np.array(_unit(rng.uniform(0, 2 * np.pi)))
+        cam_a = rng.uniform(0.02, 0.08, 2) * L
+        cam_w, cam_phi = rng.uniform(0.03, 0.1, 2), rng.uniform(0, 2 * np.pi, 2)
+        if sprites is None:
+            k = int(rng.integers(2, 6)) if num_objects is None else int(num_objects)
+            sprites = [_random_sprite(rng, (w, h), speed, spin, zoom, sprite_size, max_freq,
+                                      tuple(shapes)) for _ in range(k)]
+        elif num_objects is not None and num_objects != len(sprites):
+            raise ValueError(f'World: num_objects {num_objects} but {len(sprites)} sprites given')
+        self.sprites = list(sprites)
+        self.num_objects = len(self.sprites)
+        t = np.arange(self.num_frames, dtype=np.float64)
+        # The poses of every frame, computed once: every later use reads these same floats,
+        # so label maps, flow and tracks agree to the last bit.
+        self.camera = (np.outer(t, cam_v) + cam_a * np.sin(np.outer(t, cam_w) + cam_phi)
+                       if pan else np.zeros((self.num_frames, 2)))       # (T, 2) texture offset
+        self.poses = np.zeros((self.num_objects, self.num_frames, 5))  # cx, cy, cos, sin, scale
+        for k, sp in enumerate(self.sprites):
+            c = (np.asarray(sp.centre) + np.outer(t, sp.velocity)
+                 + np.asarray(sp.swing) * np.sin(np.outer(t, sp.omega) + np.asarray(sp.phi)))
+            a = sp.angle + sp.spin * t
+            s = np.exp(sp.zoom * np.sin(sp.zoom_omega * t + sp.zoom_phase))
+            self.poses[k] = np.stack([c[:, 0], c[:, 1], np.cos(a), np.sin(a), s], 1)
+        self._planes = [_unit_planes(sp) for sp in self.sprites]
+        self._cache = collections.OrderedDict()          # t -> (label map, in-frame shape pixels)
+
+    # -- geometry: screen <-> sprite coordinates and the shape test (one code path for all) --
+
+    def _local(self, k, t, x, y):
+        """Screen points -> sprite k's points q at frame(s) t (broadcasting)."""
+        cx, cy, c, s, sc = (self.poses[k, t, i] for i in range(5))
+        dx, dy = x - cx, y - cy
+        return (c * dx + s * dy) / sc, (c * dy - s * dx) / sc
+
+    def _screen(self, k, t, qx, qy):
+        """Sprite k's points q -> screen points at frame(s) t (broadcasting)."""
+        cx, cy, c, s, sc = (self.poses[k, t, i] for i in range(5))
+        return cx + sc * (c * qx - s * qy), cy + sc * (s * qx + c * qy)
+
+    def _inside(self, k, qx, qy):
+        """bool: sprite points q inside sprite k's shape."""
+        sp = self.sprites[k]
+        u, v = qx / sp.radii[0], qy / sp.radii[1]
+        if sp.kind == 'ellipse':
+            return u * u + v * v <= 1.0
+        if sp.kind == 'rect':
+            return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
+        inside = np.ones(np.broadcast(u, v).shape, dtype=bool)
+        for nx, ny, d in self._planes[k]:
+            inside &= nx * u + ny * v <= d
+        return inside
+
+    def _covered(self, t, x, y, surface):
+        """bool: a sprite nearer than `surface` (0 background, k + 1 sprite k) contains the
+        screen points (x, y) at frame(s) t."""
+        covered = np.zeros(np.broadcast(x, y, surface).shape, dtype=bool)
+        for j in range(self.num_objects):
+            covered |= (surface <= j) & self._inside(j, *self._local(j, t, x, y))
+        return covered
+
+    def _surface_at(self, t, x, y):
+        """int: the front-most surface at screen points (x, y) of frame t (0 = background)."""
+        surface = np.zeros(np.broadcast(x, y).shape, dtype=np.int64)
+        for k in range(self.num_objects):
+            surface[self._inside(k, *self._local(k, t, x, y))] = k + 1
+        return surface
+
+    def _window(self, k, t):
+        """(y0, y1, x0, x1): the pixel rows y0..y1-1, columns x0..x1-1 that can show sprite k."""
+        w, h = self.size
+        sp, (cx, cy, _, _, sc) = self.sprites[k], self.poses[k, t]
+        r = sc * math.hypot(*sp.radii) + 1
+        return (max(0, math.floor(cy - r)), min(h, math.ceil(cy + r) + 1),
+                max(0, math.floor(cx - r)), min(w, math.ceil(cx + r) + 1))
+
+    def _layers(self, t):
+        """(label map int16 (H, W), in-frame pixels of each sprite's whole shape (K,)), cached."""
+        t = self._frame_index(t)
+        if t not in self._cache:
+            w, h = self.size
+            label = np.zeros((h, w), dtype=np.int16)
+            shape_pixels = np.zeros(self.num_objects, dtype=np.int64)
+            for k in range(self.num_objects):
+                y0, y1, x0, x1 = self._window(k, t)
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                ys = np.arange(y0, y1, dtype=np.float64)[:, None]
+                xs = np.arange(x0, x1, dtype=np.float64)[None, :]
+                inside = self._inside(k, *self._local(k, t, xs, ys))
+                label[y0:y1, x0:x1][inside] = k + 1
+                shape_pixels[k] = inside.sum()
+            self._cache[t] = (label, shape_pixels)
+            while len(self._cache) > 8:
+                self._cache.popitem(last=False)
+        return self._cache[t]
+
+    def _frame_index(self, t):
+        if not (isinstance(t, (int, np.integer)) and 0 <= t < self.num_frames):
+            raise IndexError(f'World: frame {t!r} is not one of 0..{self.num_frames - 1}')
+        return int(t)
+
+    # -- per frame: pixels, labels, masks, boxes, visibility --
+
+    def frame(self, t):
+        """Frame t: uint8 (H, W, 3) RGB. Each pixel shows the front-most surface's texture at the
+        pixel centre (point sampled: sprite edges are hard, textures band-limited)."""
+        label, _ = self._layers(t)
+        w, h = self.size
+        ox, oy = self.camera[t]
+        image = _paint(self.background, np.eye(2), np.array([ox, oy]), 0, h, 0, w)
+        for k in range(self.num_objects):
+            y0, y1, x0, x1 = self._window(k, t)
+            mine = label[y0:y1, x0:x1] == k + 1
+            if not mine.any():
+                continue
+            cx, cy, c, s, sc = self.poses[k, t]
+            linear = np.array([[c, s], [-s, c]]) / sc                   # q = linear (p - centre)
+            texture = _paint(self.sprites[k].texture, linear, -linear @ [cx, cy], y0, y1, x0, x1)
+            image[y0:y1, x0:x1][mine] = texture[mine]
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+    def video(self):
+        """Every frame: uint8 (T, H, W, 3)."""
+        return np.stack([self.frame(t) for t in range(self.num_frames)])
+
+    def label_map(self, t):
+        """int64 (H, W): 0 background, k + 1 where sprite k is the front-most surface."""
+        return self._layers(t)[0].astype(np.int64)
+
+    surface = label_map
+
+    def masks(self, t):
+        """bool (K, H, W): the visible (depth-resolved) pixels of each sprite."""
+        label = self._layers(t)[0]
+        return label[None] == np.arange(1, self.num_objects + 1, dtype=np.int16)[:, None, None]
+
+    def boxes(self, t):
+        """float64 (K, 4) [x, y, w, h] of each sprite's visible pixels: columns x..x+w-1, rows
+        y..y+h-1 (the extent of `masks(t)[k]`); NaN rows for sprites with no visible pixel."""
+        out = np.full((self.num_objects, 4), np.nan)
+        for k, mask in enumerate(self.masks(t)):
+            cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+            if len(cols):
+                out[k] = cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
+        return out
+
+    def visible(self, t):
+        """bool (K,): the sprite has at least one visible pixel."""
+        return self.masks(t).any(axis=(1, 2))
+
+    def in_view(self, t):
+        """bool (K,): some pixel of the sprite's whole shape (occluders ignored) is in the frame."""
+        return self._layers(t)[1] > 0
+
+    def visible_fraction(self, t):
+        """float64 (K,): visible pixels / the area of the whole shape (pixels, occluders and
+        frame edges ignored), in [0, 1]; 0 when occluded or out of view, 1 when all in sight."""
+        visible = self.masks(t).sum(axis=(1, 2))
+        area = np.array([sp.unit_area() * sp.radii[0] * sp.radii[1] for sp in self.sprites])
+        area = area * self.poses[:, self._frame_index(t), 4] ** 2
+        return np.minimum(visible / area, 1.0)
+
+    # -- between frames: exact flow and point tracks --
+
+    def flow(self, t, s):
+        """Forward flow from frame t to frame s, from the analytic motion.
+
+        Returns flow float32 (H, W, 2) [dx, dy]: pixel centre (x, y) of frame t is surface point
+        P of its front-most surface, which is at (x, y) + flow in frame s; and valid bool (H, W):
+        False where P is covered at s by a nearer sprite, or falls outside frame s.
+        """
+        t, s = self._frame_index(t), self._frame_index(s)
+        w, h = self.size
+        label = self.label_map(t)
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        tx, ty = self._move(t, s, x, y, label)
+        valid = _in_frame(tx, ty, w, h) & ~self._covered(s, tx, ty, label)
+        return np.stack([tx - x, ty - y], -1).astype(np.float32), valid
+
+    def _move(self, t, s, x, y, surface):
+        """Screen points (x, y) on `surface` at frame t -> their positions at frame(s) s."""
+        x, y, surface = np.broadcast_arrays(x, y, surface)
+        out_x = x + (self.camera[t, 0] - self.camera[s, 0])     # the background: the pan alone
+        out_y = y + (self.camera[t, 1] - self.camera[s, 1])
+        for k in range(self.num_objects):
+            on = surface == k + 1
+            if on.any():
+                qx, qy = self._local(k, t if np.ndim(t) == 0 else t[on], x[on], y[on])
+                out_x[on], out_y[on] = self._screen(k, s if np.ndim(s) == 0 else s[on], qx, qy)
+        return out_x, out_y
+
+    def tracks(self, query_points):
+        """Point tracks of TAP-Vid queries (t, y, x) (N, 3) in pixels, t an integer frame.
+
+        Returns tracks float32 (N, T, 2) as (x, y) in every frame, and occluded bool (N, T):
+        the surface point under the query (its front-most surface at frame t) is covered by a
+        nearer sprite at that frame, or lies outside it. tracks[n, s] = (x, y) + flow(t, s)[y, x]
+        for an integer query.
+        """
+        q = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
+        t = q[:, 0].astype(np.int64)
+        if not np.array_equal(t, q[:, 0]) or t.min(initial=0) < 0 or t.max(initial=0) >= self.num_frames:
+            raise ValueError(f'World.tracks: query frames must be integers 0..{self.num_frames - 1}')
+        x, y = q[:, 2:3], q[:, 1:2]                                    # (N, 1) each
+        surface = self._surface_at(t[:, None], x, y)[:, 0]             # (N,) at the query frame
+        n, T, w, h = len(q), self.num_frames, *self.size
+        frames = np.broadcast_to(np.arange(T), (n, T))
+        tx, ty = self._move(np.broadcast_to(t[:, None], (n, T)), frames,
+                            np.broadcast_to(x, (n, T)), np.broadcast_to(y, (n, T)),
+                            np.broadcast_to(surface[:, None], (n, T)))
+        occluded = ~_in_frame(tx, ty, w, h) | self._covered(frames, tx, ty, surface[:, None])
+        return np.stack([tx, ty], -1).astype(np.float32), occluded
 
 
-def render_frame(scene, t):
-    """Frame t of a synthetic scene: uint8 array (H, W, 3)."""
-    w, h = scene['size']
-    pan = scene['pan']
-    cx, cy = _bounce(scene['cam_pos'] + t * scene['cam_vel'], 0, 2 * pan).astype(int)
-    frame = scene['background'][cy:cy + h, cx:cx + w].copy()
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    for shape in scene['shapes']:
-        px, py = _bounce(shape['pos'] + t * shape['vel'], 0, np.array([w, h]))
-        dx, dy = xx - px, yy - py
-        rx, ry = shape['radii']
-        if shape['kind'] == 'ellipse':
-            inside = (dx / rx) ** 2 + (dy / ry) ** 2 <= 1
-        else:
-            inside = (np.abs(dx) <= rx) & (np.abs(dy) <= ry)
-        c, s = math.cos(shape['angle']), math.sin(shape['angle'])
-        u, v = (c * dx + s * dy) / shape['period'], (-s * dx + c * dy) / shape['period']
-        checker = (np.floor(u) + np.floor(v)) % 2 == 0             # texture moves with the shape
-        color = np.where(checker[..., None], shape['colors'][0], shape['colors'][1])
-        frame = np.where(inside[..., None], color, frame)
-    return frame.clip(0, 255).astype(np.uint8)
+def _unit(angle):
+    return math.cos(angle), math.sin(angle)
+
+
+def _unit_planes(sprite):
+    """Half-planes n . (u, v) <= d whose intersection is a polygon sprite's unit shape."""
+    if sprite.kind != 'polygon':
+        return []
+    p = np.asarray(sprite.vertices, dtype=np.float64)
+    edge = np.roll(p, -1, axis=0) - p
+    normal = np.stack([edge[:, 1], -edge[:, 0]], 1)               # outward for counter-clockwise
+    return [(float(nx), float(ny), float(nx * px + ny * py))
+            for (nx, ny), (px, py) in zip(normal, p)]
+
+
+def _in_frame(x, y, w, h):
+    """bool: screen points inside the frame, x in [-0.5, W - 0.5), y in [-0.5, H - 0.5)."""
+    return (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
+
+
+def _paint(texture, linear, offset, y0, y1, x0, x1):
+    """The texture at q = linear @ (x, y) + offset for pixel centres y0..y1-1 x x0..x1-1:
+    float64 (h, w, 3). Each sinusoid is a plane wave in (x, y), cos(gx x + gy y + psi) =
+    cos(gx x) cos(gy y + psi) - sin(gx x) sin(gy y + psi), so the sum is one matrix product."""
+    g = 2 * np.pi * texture.freq @ linear                          # (N, 2) radians per pixel
+    psi = 2 * np.pi * texture.freq @ offset + texture.phase        # (N,)
+    xs, ys = np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64)
+    gx, gy = np.outer(xs, g[:, 0]), np.outer(ys, g[:, 1]) + psi     # (w, N), (h, N)
+    cols = np.concatenate([np.cos(gx), np.sin(gx)], 1)             # (w, 2N)
+    rows = np.concatenate([np.cos(gy), -np.sin(gy)], 1)            # (h, 2N)
+    amp = np.concatenate([texture.amp, texture.amp], 0)            # (2N, 3)
+    out = (rows[:, None, :] * amp.T[None]).reshape(-1, amp.shape[0]) @ cols.T   # (h * 3, w)
+    return out.reshape(len(ys), 3, len(xs)).transpose(0, 2, 1) + texture.base
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +921,8 @@ class FramePairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, preset, root=None, frame_gap=50, input_size=224, scale=(0.2, 1.0),
-                 cache_path=None, seed=0, num_synthetic=256, max_consecutive_failures=50):
+                 cache_path=None, seed=0, num_synthetic=256, max_consecutive_failures=50,
+                 world=None):
         if preset not in PRESETS:
             raise ValueError(f'FramePairDataset: preset must be one of {PRESETS}, got {preset!r}')
         if frame_gap < 2:
@@ -571,6 +932,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         self.preset, self.frame_gap, self.input_size = preset, frame_gap, input_size
         self.scale, self.seed, self.epoch = tuple(scale), seed, 0
         self.max_consecutive_failures = max_consecutive_failures
+        self.world = dict(world or {})          # knobs of the synthetic preset's World
         if preset == 'synthetic':
             self.root = None
             self.videos = [(f'synthetic/{i:06d}', SYNTHETIC_FRAMES) for i in range(num_synthetic)]
@@ -594,10 +956,10 @@ class FramePairDataset(torch.utils.data.Dataset):
     def load_pair(self, j, g):
         """(earlier, later) PIL frames of video j by the pair rule; VideoError on failure."""
         if self.preset == 'synthetic':
-            scene = synthetic_scene(self.seed, j)
-            start, end = sample_pair(scene['num_frames'], self.frame_gap, g)
-            return (Image.fromarray(render_frame(scene, start)),
-                    Image.fromarray(render_frame(scene, end)))
+            world = World(world_seed('pretrain', self.seed, j), SYNTHETIC_SIZE, SYNTHETIC_FRAMES,
+                          **self.world)
+            start, end = sample_pair(SYNTHETIC_FRAMES, self.frame_gap, g)
+            return Image.fromarray(world.frame(start)), Image.fromarray(world.frame(end))
         n = self.videos[j][1]
         if n == 0:                       # unreadable at index time (or empty): try it once more
             n = count_frames(self.path(j))
@@ -703,18 +1065,18 @@ def encode_clip(path, frames, fps=15, gop=8, pts_offset=0, codec=None, faststart
 
 
 def write_synthetic_clips(out_dir, num_classes=3, per_class=4, seconds=2.0, fps=15,
-                          size=(160, 120), seed=0, codec=None):
+                          size=(160, 120), seed=0, codec=None, **world):
     """Write `num_classes * per_class` tiny clips `<out_dir>/class_<c>/clip_<c>_<k>.mp4` (K400
-    layout) of `round(seconds * fps)` frames of size (W, H); returns their paths (sorted)."""
+    layout) of `round(seconds * fps)` frames of size (W, H), clip i of them the synthetic
+    `World(world_seed('clips', seed, i), size, frames, **world)`; returns their paths (sorted)."""
     paths = []
+    n = max(1, round(seconds * fps))
     for c in range(num_classes):
         os.makedirs(os.path.join(out_dir, f'class_{c:02d}'), exist_ok=True)
         for k in range(per_class):
-            n = max(1, round(seconds * fps))
-            scene = synthetic_scene(seed, c * per_class + k, size=tuple(size), num_frames=n,
-                                    style=c)
+            scene = World(world_seed('clips', seed, c * per_class + k), size, n, **world)
             path = os.path.join(out_dir, f'class_{c:02d}', f'clip_{c:02d}_{k:03d}.mp4')
-            encode_clip(path, (render_frame(scene, t) for t in range(n)), fps=fps, codec=codec)
+            encode_clip(path, (scene.frame(t) for t in range(n)), fps=fps, codec=codec)
             paths.append(path)
     return paths
 

@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,8 +38,7 @@ def _sync(device):
 
 def bench_tracker(model, device, amp: bool, frames: int, warmup: int) -> dict:
     """Frames/s of the full tracker step on a synthetic video (decoding excluded)."""
-    rng = np.random.default_rng(0)
-    video, boxes = vd.synthetic_video(rng, T=frames + warmup + 1, size=(640, 480), obj=(80, 60))
+    video, boxes, _, _ = vd.synthetic_sequence(("bench-vot", 0), T=frames + warmup + 1, size=(640, 480))
     tracker = vot.Tracker(model, device, amp)
     tracker.initialize(video[0], boxes[0].tolist())
     for t in range(1, warmup + 1):

@@ -16,7 +16,7 @@ The file reads top to bottom along the data flow:
      the augmentations (PIL + torch; no torchvision);
   5. `train`: config, distributed init, data, model, optimizer, loop, atomic checkpoints;
   6. `test`: one-shot inference at 480p, PNGs in the official layouts, local scoring;
-  7. `synthetic`: tiny DAVIS / YouTube-VOS folders of moving textured shapes (tests, smoke runs).
+  7. `synthetic`: tiny DAVIS / YouTube-VOS folders of the synthetic world (`data.World`).
 
 Frame vectors: DropSeg gives the reference ("memory") frame `temporal_pos_embed_z` and the query
 frame `temporal_pos_embed_x`, loaded by name from the DropMAE checkpoint.
@@ -75,7 +75,7 @@ import math
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,7 @@ from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
-from data import item_generator, normalize, random_resized_crop_box, sample_pair  # noqa: E402
+from data import World, item_generator, normalize, random_resized_crop_box, sample_pair, world_seed  # noqa: E402
 from eval.davis import VOID_ID, read_sequence_list  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
@@ -1059,53 +1059,44 @@ def inference(args):
 # 7. Synthetic data in the official layouts (tests and smoke runs)
 # --------------------------------------------------------------------------------------------
 
-def render_sequence(seed: int, n_frames: int = 6, size=(64, 96), n_objects: int = 3):
-    """Moving textured ellipses / boxes on a textured background; the last object leaves the
-    frame to the right. -> frames (T, H, W, 3) uint8, ids (T, H, W) uint8 (later objects
-    occlude earlier ones)."""
-    rng = np.random.default_rng(seed)
+def synthetic_clip(seed_parts, n_frames: int = 6, size=(64, 96), n_objects: int = 3,
+                   leaving: bool = False, attempts: int = 1000, **world):
+    """A clip of the synthetic world (`data.World`, size (H, W), n_objects sprites, knobs
+    `world`): the first world of the streams world_seed(*seed_parts, a), a = 0, 1, ..., in which
+    every object shows at least 0.5% of the frame at frame 0. With `leaving` (n_frames >= 2), the
+    front-most object also drifts sideways, out through the nearer side edge by the last frame.
+    -> frames (T, H, W, 3) uint8, ids (T, H, W) uint8 (k + 1 = object k, later ones in front)."""
     H, W = size
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    coarse = rng.integers(0, 256, (H // 8 + 1, W // 8 + 1, 3)).astype(np.uint8)
-    bg = np.asarray(Image.fromarray(coarse).resize((W, H), Image.Resampling.BICUBIC), np.float32)
-    bg = bg + rng.normal(0, 12, (H, W, 3))
-    objects = []
-    for k in range(n_objects):
-        r = rng.uniform(0.14, 0.22) * H
-        leaving = k == n_objects - 1
-        cy = rng.uniform(0.3, 0.7) * H
-        cx = 0.6 * W if leaving else rng.uniform(0.25, 0.75) * W
-        vx = (W * 0.5 + 2 * r) / (n_frames - 1) if leaving else rng.uniform(-2, 2)
-        vy = rng.uniform(-1.5, 1.5)
-        colour = rng.uniform(30, 225, 3)
-        freq = rng.uniform(0.2, 0.6)
-        objects.append((r, cy, cx, vy, vx, colour, freq, k % 2))
-    frames = np.zeros((n_frames, H, W, 3), np.uint8)
-    ids = np.zeros((n_frames, H, W), np.uint8)
-    for t in range(n_frames):
-        img, lab = bg.copy(), np.zeros((H, W), np.uint8)
-        for k, (r, cy, cx, vy, vx, colour, freq, box) in enumerate(objects):
-            y, x = cy + vy * t, cx + vx * t
-            if box:
-                inside = (np.abs(yy - y) <= r) & (np.abs(xx - x) <= 1.3 * r)
-            else:
-                inside = ((yy - y) / r) ** 2 + ((xx - x) / (1.3 * r)) ** 2 <= 1
-            texture = colour + 30 * np.sin(freq * (xx - x) + 0.5 * freq * (yy - y))[..., None]
-            img[inside] = texture[inside]
-            lab[inside] = k + 1
-        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-        ids[t] = lab
-    return frames, ids
+    if leaving and n_frames < 2:
+        raise ValueError(f"an object can leave the frame only in a clip of >= 2 frames, got {n_frames}")
+    for a in range(attempts):
+        w = World(world_seed(*seed_parts, a), (W, H), n_frames, num_objects=n_objects, **world)
+        if (w.masks(0).sum(axis=(1, 2)) < 0.005 * H * W).any():
+            continue
+        if leaving:
+            last = w.sprites[-1]
+            reach = math.exp(last.zoom) * math.hypot(*last.radii) + 1    # past every shape point
+            x0, x_end = w.poses[-1, 0, 0], w.poses[-1, -1, 0]
+            gap = (W - 0.5 + reach - x_end) if x0 >= W / 2 else -(x_end + 0.5 + reach)
+            drift = replace(last, velocity=(gap / (n_frames - 1), last.velocity[1]))
+            w = World(world_seed(*seed_parts, a), (W, H), n_frames, sprites=w.sprites[:-1] + [drift],
+                      **world)
+            assert not w.visible(n_frames - 1)[-1]
+        ids = np.stack([w.label_map(t) for t in range(n_frames)]).astype(np.uint8)
+        return w.video(), ids
+    raise RuntimeError(f"no synthetic world {seed_parts} in {attempts} attempts shows all "
+                       f"{n_objects} objects at frame 0 ({W}x{H}); use larger frames or fewer objects")
 
 
 def write_synthetic_davis(root, sequences=("blobs-a", "blobs-b", "blobs-c"), n_frames: int = 6,
-                          size=(64, 96), seed: int = 0) -> Path:
+                          size=(64, 96), seed: int = 0, **world) -> Path:
     """A DAVIS-2017 trainval-layout folder: JPEGImages/480p, Annotations/480p (DAVIS palette),
-    ImageSets/2017 and 2016 {train,val}.txt listing every sequence."""
+    ImageSets/2017 and 2016 {train,val}.txt listing every sequence; each sequence a
+    `synthetic_clip` of frames (H, W) = size, stream ("davis", seed, name), knobs `world`."""
     root = Path(root)
     palette = davis_palette()
-    for i, seq in enumerate(sequences):
-        frames, ids = render_sequence(seed * 1000 + i, n_frames, size)
+    for seq in sequences:
+        frames, ids = synthetic_clip(("davis", seed, seq), n_frames, size, **world)
         for t in range(n_frames):
             (root / "JPEGImages" / "480p" / seq).mkdir(parents=True, exist_ok=True)
             Image.fromarray(frames[t]).save(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg",
@@ -1119,16 +1110,18 @@ def write_synthetic_davis(root, sequences=("blobs-a", "blobs-b", "blobs-c"), n_f
 
 
 def write_synthetic_ytvos(root, videos=("vid0", "vid1"), n_frames: int = 6, size=(64, 96),
-                          seed: int = 1) -> Path:
+                          seed: int = 1, **world) -> Path:
     """A YouTube-VOS 2019 layout: train/ (every frame annotated) and valid/ (each object
     annotated only at its first frame; the time-reversed clip makes the leaving object an
-    entering one), frames named 00000, 00005, ... (the 5-frame stride), meta.json for both."""
+    entering one), frames named 00000, 00005, ... (the 5-frame stride), meta.json for both.
+    Each video is a `synthetic_clip` (stream ("ytvos", seed, name), knobs `world`) in which an
+    object leaves the frame."""
     root = Path(root)
     palette = davis_palette()
     for split in ("train", "valid"):
         meta = {}
-        for i, vid in enumerate(videos):
-            frames, ids = render_sequence(seed * 1000 + i, n_frames, size)
+        for vid in videos:
+            frames, ids = synthetic_clip(("ytvos", seed, vid), n_frames, size, leaving=True, **world)
             if split == "valid":
                 frames, ids = frames[::-1], ids[::-1]
             names = [f"{5 * t:05d}" for t in range(n_frames)]

@@ -24,8 +24,9 @@ Visibility (what the sampler may draw): GOT-10k `absence == 0 & cover > 0`, LaSO
 `full_occlusion == 0 & out_of_view == 0`, TrackingNet and COCO every box; always also w, h > 0.
 Every malformed file is an error naming the file (and line); nothing is skipped silently.
 
-Synthetic data for smoke runs and tests (a textured object moving over a textured background,
-with occluded and out-of-view frames): `write_synthetic(root)` writes GOT-10k and LaSOT layouts.
+Synthetic data for smoke runs and tests: `write_synthetic(root)` writes GOT-10k and LaSOT layouts
+of sequences of the synthetic world (`data.World`: one sprite is the target, the others
+distractors and occluders), with cover / absence / occlusion / out-of-view labels from the world.
 """
 import json
 import math
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data import World, world_seed
 from eval.sot import read_boxes, read_flags, read_numbers, read_sequence_list
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -546,38 +548,36 @@ def collate_pairs(items: list[dict]) -> dict:
 # Synthetic sequences in the official layouts (tests and CPU smoke runs)
 # ----------------------------------------------------------------------------------------------
 
-def _texture(rng, h, w, cell):
-    """Blocky random colour texture (h, w, 3) uint8."""
-    small = rng.integers(0, 256, size=(h // cell + 1, w // cell + 1, 3), dtype=np.uint8)
-    return np.repeat(np.repeat(small, cell, 0), cell, 1)[:h, :w]
+def synthetic_sequence(seed_parts, T: int = 24, size=(160, 120), attempts: int = 100, **world):
+    """One single-object tracking sequence of the synthetic world (`data.World`).
 
-
-def synthetic_video(rng, T=24, size=(160, 120), obj=(28, 22), occluded=(), out_of_view=()):
-    """A textured object moving over a textured background.
-
-    Returns frames (T, H, W, 3) uint8, boxes (T, 4) int (the object box; [0, 0, 0, 0] on
-    out-of-view frames, where the object is not drawn), both index lists as given. On occluded
-    frames a grey block hides the object; its box stays annotated.
+    The target is one sprite of `World(world_seed(*seed_parts, a), size, T, **world)` for the
+    first attempt a = 0, 1, ... that has a sprite at least half visible at frame 0 and visible in
+    at least half of the frames; of those sprites, the rear-most (the others are distractors, and
+    occluders when they pass in front). Returns frames (T, H, W, 3) uint8, boxes (T, 4) float64 (the
+    visible extent [x, y, w, h]; NaN where the target is not visible), visible_fraction (T,)
+    (visible pixels / its whole area) and in_view (T,) bool (some pixel of its whole shape lies
+    in the frame, occluders ignored).
     """
-    W, H = size
-    bg = _texture(rng, H, W, 8)
-    fg = _texture(rng, obj[1], obj[0], 4) // 2 + 128
-    frames, boxes = [], []
-    x0, y0 = rng.integers(10, W - obj[0] - 10), rng.integers(10, H - obj[1] - 10)
-    vx, vy = rng.uniform(-2.5, 2.5, 2)
-    for t in range(T):
-        x = int(np.clip(x0 + vx * t, 2, W - obj[0] - 2))
-        y = int(np.clip(y0 + vy * t, 2, H - obj[1] - 2))
-        img = bg.copy()
-        if t in out_of_view:
-            boxes.append([0, 0, 0, 0])
-        else:
-            img[y:y + obj[1], x:x + obj[0]] = fg
-            if t in occluded:
-                img[y - 2:y + obj[1] + 2, x - 2:x + obj[0] + 2] = 90
-            boxes.append([x, y, obj[0], obj[1]])
-        frames.append(img)
-    return np.stack(frames), np.asarray(boxes, dtype=np.int64)
+    if T < 1:
+        raise ValueError(f"a synthetic sequence needs at least 1 frame, got T={T}")
+    for a in range(attempts):
+        w = World(world_seed(*seed_parts, a), size, T, **world)
+        fraction = np.stack([w.visible_fraction(t) for t in range(T)])          # (T, K)
+        ok = (fraction[0] >= 0.5) & (2 * (fraction > 0).sum(0) >= T)
+        if ok.any():
+            k = int(np.flatnonzero(ok)[0])
+            boxes = np.stack([w.boxes(t)[k] for t in range(T)])
+            in_view = np.array([w.in_view(t)[k] for t in range(T)])
+            return w.video(), boxes, fraction[:, k], in_view
+    raise RuntimeError(f"no synthetic world {seed_parts} in {attempts} attempts has a sprite "
+                       f"visible at frame 0 and in half of the {T} frames (size {size}, {world})")
+
+
+def cover_class(fraction: np.ndarray) -> np.ndarray:
+    """GOT-10k `cover.label` class of a visible fraction: 0 when nothing is visible, else
+    ceil(8 * fraction) in 1..8 (8: fully visible)."""
+    return np.where(fraction > 0, np.clip(np.ceil(8 * fraction), 1, 8), 0).astype(np.int64)
 
 
 def _write_frames(folder: Path, frames, pattern: str):
@@ -600,43 +600,48 @@ def write_got10k_sequence(split_dir: Path, name: str, frames, boxes, cover, abse
 
 
 def write_synthetic(root, seed: int = 0, T: int = 24, size=(160, 120), n_train: int = 2, n_val: int = 2,
-                    n_test: int = 1) -> dict:
+                    n_test: int = 1, **world) -> dict:
     """Write GOT-10k (train n_train, val n_val, test n_test) and LaSOT (2 classes x 2, half
-    train) layouts.
+    train) layouts of T-frame sequences of the synthetic world (`synthetic_sequence`, knobs
+    `world`); sequence k of a split is the world stream ('got10k', seed, split, k), so the val
+    sequences do not change with n_train.
 
-    GOT-10k: occluded frames have cover 0; out-of-view frames absence 1, cover 0 and the last
-    visible box (first sequence of each split only). LaSOT: full_occlusion / out_of_view flags,
-    out-of-view GT [0, 0, 0, 0]. Each split draws from its own random stream (seed, split), so
-    the val sequences do not change with n_train. Returns {"got10k": root/got10k, "lasot": root/lasot}.
+    Labels come from the world: GOT-10k cover = `cover_class(visible fraction)`, absence = 1
+    where the target's whole shape is out of the frame, and where nothing of it is visible the
+    last visible box (GOT-10k keeps a box on absent frames). LaSOT: out_of_view = 1 where its
+    shape is out of the frame, full_occlusion = 1 where it is in the frame but covered; GT
+    [0, 0, 0, 0] where nothing is visible. Boxes are the visible extent.
+    Returns {"got10k": root/got10k, "lasot": root/lasot}.
     """
+    if T < 1:
+        raise ValueError(f"write_synthetic: --frames must be >= 1, got {T}")
     root = Path(root)
     got = root / "got10k"
-    for j, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
-        rng = np.random.default_rng([seed, j])
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         names = [f"GOT-10k_{split.capitalize()}_{k:06d}" for k in range(1, n + 1)]
         (got / split).mkdir(parents=True, exist_ok=True)
         (got / split / "list.txt").write_text("".join(f"{s}\n" for s in names))
         for k, name in enumerate(names):
-            occ, oov = (5, 6), (14, 15) if k == 0 else ()
-            frames, boxes = synthetic_video(rng, T, size, occluded=occ, out_of_view=oov)
-            for t in oov:                                    # GOT-10k keeps a box on absent frames
-                boxes[t] = boxes[t - 1]
-            cover = [0 if (t in occ or t in oov) else 8 for t in range(T)]
-            absence = [int(t in oov) for t in range(T)]
-            write_got10k_sequence(got / split, name, frames, boxes, cover, absence, test=(split == "test"))
+            frames, boxes, fraction, in_view = synthetic_sequence(("got10k", seed, split, k), T, size, **world)
+            for t in range(1, T):                            # GOT-10k keeps a box on absent frames
+                if np.isnan(boxes[t, 0]):
+                    boxes[t] = boxes[t - 1]
+            absence = (~in_view).astype(np.int64)
+            write_got10k_sequence(got / split, name, frames, boxes, cover_class(fraction), absence,
+                                  test=(split == "test"))
     lasot = root / "lasot"
-    rng = np.random.default_rng([seed, 3])
     train, test = [], []
     for cls in ("bird", "cat"):
         for n in (1, 2):
             name = f"{cls}-{n}"
-            occ, oov = (4, 5), ((10, 11, 12) if n == 1 else (16, 17))
-            frames, boxes = synthetic_video(rng, T, size, occluded=occ, out_of_view=oov)
+            frames, boxes, fraction, in_view = synthetic_sequence(("lasot", seed, name), T, size, **world)
             d = lasot / cls / name
             _write_frames(d / "img", frames, "{:08d}.jpg")
+            boxes = np.nan_to_num(boxes, nan=0.0).astype(np.int64)
             (d / "groundtruth.txt").write_text("".join(",".join(str(int(v)) for v in b) + "\n" for b in boxes))
-            (d / "full_occlusion.txt").write_text(",".join(str(int(t in occ)) for t in range(T)) + "\n")
-            (d / "out_of_view.txt").write_text(",".join(str(int(t in oov)) for t in range(T)) + "\n")
+            occluded = in_view & (fraction == 0)
+            (d / "full_occlusion.txt").write_text(",".join(str(int(v)) for v in occluded) + "\n")
+            (d / "out_of_view.txt").write_text(",".join(str(int(not v)) for v in in_view) + "\n")
             (d / "nlp.txt").write_text(f"the {cls}\n")
             (train if n == 1 else test).append(name)
     (lasot / "training_set.txt").write_text("".join(f"{s}\n" for s in train))

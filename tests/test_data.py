@@ -33,8 +33,7 @@ def write_bad_files(folder):
     """A truncated mp4 (first half of valid bytes), a zero-byte mp4, a text file named .mp4."""
     os.makedirs(folder, exist_ok=True)
     good = os.path.join(folder, 'tmp_good.mp4')
-    data.encode_clip(good, [data.render_frame(data.synthetic_scene(1, 0, (64, 48), 8), t)
-                            for t in range(8)], fps=FPS)
+    data.encode_clip(good, data.World(1, (64, 48), 8).video(), fps=FPS)
     raw = open(good, 'rb').read()
     os.remove(good)
     with open(os.path.join(folder, 'a_truncated.mp4'), 'wb') as f:
@@ -77,9 +76,9 @@ def test_seek_decode_equals_sequential_decode(clips):
 def test_stream_with_start_offset(tmp_path):
     """Frame index counts from the stream's first timestamp: a clip whose timestamps start 7
     frames late still gives frame k = the k-th decoded frame."""
-    scene = data.synthetic_scene(3, 1, (96, 64), 20)
+    scene = data.World(3, (96, 64), 20)
     path = str(tmp_path / 'offset.mp4')
-    data.encode_clip(path, [data.render_frame(scene, t) for t in range(20)], fps=FPS, pts_offset=7)
+    data.encode_clip(path, scene.video(), fps=FPS, pts_offset=7)
     with av.open(path) as container:
         assert container.streams.video[0].start_time > 0
     ref = sequential_frames(path)
@@ -99,9 +98,9 @@ def test_frame_past_the_end_falls_back_to_last_frame(clips):
 
 def test_count_frames_without_container_count(tmp_path):
     """A Matroska file has no frame count in the container: duration x rate gives it."""
-    scene = data.synthetic_scene(0, 2, (64, 48), 12)
+    scene = data.World(2, (64, 48), 12)
     path = str(tmp_path / 'clip.mkv')
-    data.encode_clip(path, [data.render_frame(scene, t) for t in range(12)], fps=FPS)
+    data.encode_clip(path, scene.video(), fps=FPS)
     with av.open(path) as container:
         assert container.streams.video[0].frames == 0
     assert data.count_frames(path) == 12
@@ -140,7 +139,7 @@ def test_one_frame_video_gives_same_frame_twice(tmp_path):
     assert data.sample_pair(1, 50, torch.Generator().manual_seed(0)) == (0, 0)
     folder = tmp_path / 'one'
     folder.mkdir()
-    frame = data.render_frame(data.synthetic_scene(0, 0, (64, 48), 1), 0)
+    frame = data.World(0, (64, 48), 1).frame(0)
     data.encode_clip(str(folder / 'single.mp4'), [frame], fps=FPS)
     ds = data.FramePairDataset('folder', str(folder), input_size=32)
     assert ds.videos == [('single.mp4', 1)]
@@ -355,13 +354,19 @@ def test_collate_pairs_shapes_and_skipped():
 def test_synthetic_preset_moves_and_is_deterministic():
     """Synthetic videos: same (seed, index) -> same frames; frames change over time; different
     index -> different video; items have the requested size."""
-    s1, s2 = data.synthetic_scene(0, 7), data.synthetic_scene(0, 7)
-    f0, f5 = data.render_frame(s1, 0), data.render_frame(s1, 5)
-    assert f0.shape == (data.SYNTHETIC_SIZE[1], data.SYNTHETIC_SIZE[0], 3) and f0.dtype == np.uint8
-    assert np.array_equal(f0, data.render_frame(s2, 0)) and not np.array_equal(f0, f5)
-    assert not np.array_equal(f0, data.render_frame(data.synthetic_scene(0, 8), 0))
     ds = data.FramePairDataset('synthetic', num_synthetic=4, input_size=32)
+    g = torch.Generator().manual_seed(0)
+    x, z = (np.asarray(im) for im in ds.load_pair(3, g))
+    assert x.shape == (data.SYNTHETIC_SIZE[1], data.SYNTHETIC_SIZE[0], 3) and x.dtype == np.uint8
+    again = data.FramePairDataset('synthetic', num_synthetic=4, input_size=32)
+    assert all(np.array_equal(a, np.asarray(b))
+               for a, b in zip((x, z), again.load_pair(3, torch.Generator().manual_seed(0))))
+    assert not np.array_equal(x, z)
+    other = np.asarray(ds.load_pair(2, torch.Generator().manual_seed(0))[0])
+    assert not np.array_equal(x, other)
     assert len(ds) == 4 and ds[3][0].shape == (3, 32, 32)
+    knobs = data.FramePairDataset('synthetic', num_synthetic=4, input_size=32, world={'num_objects': 1})
+    assert not np.array_equal(x, np.asarray(knobs.load_pair(3, torch.Generator().manual_seed(0))[0]))
 
 
 def test_cli_make_clips_index_and_unknown_argument(tmp_path, capsys):
@@ -427,9 +432,9 @@ def test_reader_decodes_from_nearby_keyframes_only(clips):
 def test_truncated_faststart_mp4_fails_at_decode(tmp_path):
     """An mp4 with its index first, cut in half, opens and reports its full frame count, but
     decoding past the cut is a VideoError naming the frame (so the dataset skips it)."""
-    scene = data.synthetic_scene(0, 1, (160, 120), 30)
+    scene = data.World(1, (160, 120), 30)
     path = str(tmp_path / 'fs.mp4')
-    data.encode_clip(path, [data.render_frame(scene, t) for t in range(30)], fps=FPS,
+    data.encode_clip(path, scene.video(), fps=FPS,
                      faststart=True)
     raw = open(path, 'rb').read()
     with open(path, 'wb') as f:
@@ -441,9 +446,9 @@ def test_truncated_faststart_mp4_fails_at_decode(tmp_path):
 
 def test_mpeg4_clip_seek_decode_equals_sequential(tmp_path):
     """The mpeg4 fallback encoder (PyAV wheels without libx264) gives seekable clips too."""
-    scene = data.synthetic_scene(0, 4, (96, 64), 20)
+    scene = data.World(4, (96, 64), 20)
     path = str(tmp_path / 'm.mp4')
-    assert data.encode_clip(path, [data.render_frame(scene, t) for t in range(20)], fps=FPS,
+    assert data.encode_clip(path, scene.video(), fps=FPS,
                             codec='mpeg4') == 'mpeg4'
     ref = sequential_frames(path)
     assert len(ref) == 20 and data.count_frames(path) == 20
