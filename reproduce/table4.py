@@ -97,13 +97,21 @@ def make_data(ctx, row) -> dict:
     return {"paths": paths}
 
 
+def source_of(row) -> tuple[str, str | None]:
+    """(data preset, folder) the row's backbone is pre-trained on: the tiny rows' `--data` /
+    `--data-path` pre-training arguments (`with_tiny_sources`), else the row's video set and
+    the user's folder of it (None: not known here)."""
+    args = dict(zip(row.pretrain_args[::2], row.pretrain_args[1::2]))
+    return args.get("--data", row.video), args.get("--data-path")
+
+
 def stage_data_count(ctx, row) -> dict:
     """Videos and actions of the folder the row's backbone was pre-trained on."""
-    pre = ctx.result(row, "pretrain") or {}
-    folder = (pre.get("recipe") or {}).get("data_path") or ctx.data.get(row.video)
+    preset, folder = source_of(row)
+    folder = folder or ctx.data.get(preset)
     if not folder:
-        return {"videos": None, "actions": None, "reason": "backbone given with --ckpt: folder unknown"}
-    videos, actions = count_videos_actions(row.video, folder)
+        return {"videos": None, "actions": None, "reason": f"backbone given with --ckpt: no --{preset} folder to count"}
+    videos, actions = count_videos_actions(preset, folder)
     return {"videos": videos, "actions": actions, "folder": str(folder)}
 
 
@@ -128,5 +136,26 @@ TABLE = pl.Table(
     description=__doc__)
 
 
+def with_tiny_sources(run: pl.TableRun, rows: list) -> list:
+    """Tiny / smoke: point each non-K400 row's pre-training at its synthetic clips.
+
+    The pipeline's backbone cache pre-trains a tiny row on its own synthetic K400 clips only, so
+    these rows keep video "k400" (what the cache looks up) and add `--data <source> --data-path
+    <out>/data/<source>` to dropmae.py pretrain (the later flag wins), <out>/data/<source> being
+    where make_data writes the source's clips. (With the cache reading a table's own synthetic
+    video sets, these rows would be plain `pl.pretrained(source, ...)` rows, as at full scale.)"""
+    if run.scale == "full":
+        return rows
+    data = run.out / "data"
+    return [r if r.video == "k400" else replace(r, video="k400", pretrain_args=(
+        "--data", r.video, "--data-path", str(data / r.video))) for r in rows]
+
+
+def main(argv=None) -> int:
+    args = pl.build_parser(TABLE).parse_args(argv)
+    run, rows = pl.make_run(TABLE, args)
+    return pl.run_table(run, with_tiny_sources(run, rows))
+
+
 if __name__ == "__main__":
-    sys.exit(pl.main(TABLE))
+    sys.exit(main())
