@@ -39,7 +39,7 @@ Commands:
 
 Tiny scale: the synthetic DAVIS and YouTube-VOS layouts of `tasks/vos.py synthetic` (test-dev is
 the val sequences listed in ImageSets/2017/test-dev.txt, read with first-frame annotations only),
-the tiny DropSeg preset, the shared tiny backbones (no pre-training and DropMAE rows). The numbers
+the tiny DropSeg preset on the shared tiny DropMAE backbone. The numbers
 are labelled tiny scale wherever printed; they show that the pipeline runs end to end, nothing
 about the paper's numbers.
 """
@@ -59,7 +59,7 @@ PAPER = {"dropseg": {"label": "DropSeg (DropMAE K700 800E)", "D16_JF": 92.1, "D1
 
 ROWS = {
     "full": [pl.pretrained("dropseg", "DropSeg", "k700", epochs=800, P=0.1)],
-    "tiny": pl.tiny_rows({"dropmae": "dropseg"}, ids=("none", "dropmae")),
+    "tiny": pl.tiny_rows({"dropmae": "dropseg"}, ids=("dropmae",)),
 }
 
 RECIPES = {
@@ -200,6 +200,7 @@ def main(argv=None) -> int:
     FINETUNED.clear()
     FINETUNED.update(finetuned)
     TABLE.rows = {k: without_backbone(v, finetuned) for k, v in ROWS.items()}
+    TABLE.collapse_check = not finetuned      # a fine-tuned file has no backbone of ours to check
     return pl.main(TABLE, rest)
 
 
