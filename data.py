@@ -17,8 +17,13 @@ What we do differently, on purpose:
     decoder thread per loader worker, as decord's `num_threads=1`;
   - n (frames of a video) comes from the container's metadata at index time, not from a full
     decode; frame k is the frame at time k / fps after the stream's first timestamp, which is
-    decord's k-th decoded frame for constant-frame-rate video. When the metadata overstates n,
-    a wanted frame past the end is replaced by the last decodable frame (nothing is recorded).
+    decord's k-th decoded frame for constant-frame-rate video. The pair rule holds on the
+    frames that actually decode: when the metadata overstates n (or the file is truncated), a
+    wanted frame past the end raises `ShortVideo` with the true count, the pair is drawn again
+    from the frames that decode, and the item reports it (a `FrameNote`, next to the skipped
+    videos); two wanted frames never give the same decoded frame (timestamps out of order are
+    put back in order, a missing frame gives the next one), and a pair whose decoded gap still
+    breaks the rule (frames missing from the stream) is reported the same way.
 
 Layouts (`preset`, `root`):
   k400, k600, k700  <root>/<class>/<id>.{mp4,webm,mkv,avi}  (or <root>/train/<class>/... when
@@ -70,12 +75,14 @@ Used by `dropmae.py pretrain` as:
 `persistent_workers=True` (persistent workers keep their own copy of the dataset and its epoch).
 """
 import argparse
+import bisect
 import collections
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import stat
 import sys
 import time
 import zlib
@@ -94,6 +101,7 @@ VIDEO_EXTS = ('.mp4', '.webm', '.mkv', '.avi')
 INDEX_FORMAT = 'dropmae-video-index'
 INDEX_VERSION = 1
 RESEEK_GAP = 64                   # frames: farther ahead than this, seek instead of reading on
+REORDER_WINDOW = 4                # packets: how late a frame with an out-of-order timestamp may come
 SYNTHETIC_SIZE = (256, 192)       # (W, H) of the in-memory synthetic videos
 SYNTHETIC_FRAMES = 64             # frames per synthetic video
 
@@ -122,12 +130,44 @@ def _videos_in_class_folders(top):
 
 
 def _videos_recursive(top):
-    """Relative paths (with '/') of every video anywhere under `top` (sorted)."""
-    paths = []
+    """Relative paths (with '/') of every video anywhere under `top` (sorted).
+
+    Symbolic links are followed, but each real folder and each real file only once: a link loop
+    or a second link to the same video adds nothing. Names with a video extension that are not
+    regular files (FIFOs, which would block the reader, sockets, devices, broken links) are
+    skipped. Both are counted in one message naming the first of each.
+    """
+    paths, seen_dirs, seen_files, irregular, repeated = [], set(), set(), [], []
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:                               # a link loop or a second link
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))   # a fixed walk order
         rel = os.path.relpath(dirpath, top).replace(os.sep, '/')
-        paths += [f if rel == '.' else f'{rel}/{f}' for f in filenames if _is_video(f)]
+        for f in sorted(filenames):
+            if not _is_video(f):
+                continue
+            name = f if rel == '.' else f'{rel}/{f}'
+            try:
+                st = os.stat(os.path.join(dirpath, f))
+            except OSError:                                 # a broken link
+                irregular.append(name)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                irregular.append(name)
+            elif (st.st_dev, st.st_ino) in seen_files:
+                repeated.append(name)
+            else:
+                seen_files.add((st.st_dev, st.st_ino))
+                paths.append(name)
+    if irregular or repeated:
+        print(f'index: under {top}: skipped {len(irregular)} video names that are not regular '
+              f'files (FIFO, socket, device or broken link)'
+              + (f', first {irregular[0]}' if irregular else '')
+              + f'; {len(repeated)} links to videos already listed (each real file once)'
+              + (f', first {repeated[0]}' if repeated else ''))
     return sorted(paths)
 
 
@@ -338,7 +378,7 @@ class _FrameReader:
         self.clock = _Clock(stream)
         self.packets = None                 # demux iterator since the last seek
         self.ahead = collections.deque()    # packets read ahead, not yet decoded
-        self.frames = collections.deque()   # decoded (index, frame), not yet consumed
+        self.frames = []                    # decoded (index, frame), sorted, not yet consumed
         self.last = None                    # the last consumed (index, frame)
         self.after_seek = False             # the next decoded frame is the first after a seek
         self.from_start = False             # the last seek went to the start of the stream
@@ -369,7 +409,8 @@ class _FrameReader:
             self.frames.clear()
 
     def _decode_next_packet(self):
-        """Decode one packet into self.frames; False at the end of the stream."""
+        """Decode one packet into self.frames (kept sorted by index: a frame whose timestamp is
+        out of order goes to its place); False at the end of the stream."""
         packet = self.ahead.popleft() if self.ahead else next(self.packets, None)
         if packet is None:
             return False
@@ -377,50 +418,75 @@ class _FrameReader:
             pts = frame.pts if frame.pts is not None else frame.dts
             if pts is None:
                 raise VideoError('decoded a frame with no timestamp')
-            self.frames.append((self.clock.index_of(pts), frame))
+            index = self.clock.index_of(pts)
             self.decoded += 1
+            if self.last is not None and index <= self.last[0] and not self.after_seek:
+                continue                    # arrived after a later frame was returned: passed
+            bisect.insort(self.frames, (index, frame), key=lambda entry: entry[0])
         return True
+
+    def _consume_below(self, k):
+        while self.frames and self.frames[0][0] < k:
+            self.last = self.frames.pop(0)
 
     def read(self, k):
         """(index, frame) with index >= k (k itself when it exists), else the last frame, or None
-        when nothing could be decoded."""
-        while self.frames and (self.last is None or self.last[0] < k):
-            self.last = self.frames.popleft()
+        when nothing could be decoded. A missing frame k is given up (for the next frame) only
+        after `REORDER_WINDOW` more packets, so a frame whose timestamp comes late is found."""
+        self._consume_below(k)
         if self.last is not None and self.last[0] >= k:
             return self.last
-        if self.packets is None or k - self.last[0] > self.reseek_gap:
+        if self.packets is None or self.last is None or k - self.last[0] > self.reseek_gap:
             self._seek(k)
         else:
             self._read_ahead(k)
+        waited = 0                                              # packets decoded past a candidate
         while True:
-            if not self.frames:
-                if self._decode_next_packet():
-                    continue                                    # may give 0, 1 or more frames
-                if self.after_seek and not self.from_start:      # the seek gave nothing
-                    self._seek(0)
-                    continue
-                return self.last                                # end: the last decodable frame
-            found = self.frames.popleft()
-            if self.after_seek:
+            if self.after_seek and self.frames:                 # the first frames after a seek
                 self.after_seek = False
-                if found[0] > k and not self.from_start:        # the seek overshot frame k
+                if self.frames[0][0] > k and not self.from_start:   # the seek overshot frame k
                     self._seek(0)
                     continue
-            self.last = found
-            if found[0] >= k:
-                return found
+            self._consume_below(k)
+            if self.frames:                                     # a candidate >= k is buffered
+                if self.frames[0][0] == k or waited >= REORDER_WINDOW:
+                    self.last = self.frames.pop(0)
+                    return self.last
+                waited += 1
+            if self._decode_next_packet():
+                continue
+            if self.after_seek and not self.from_start:         # the seek gave nothing
+                self._seek(0)
+                continue
+            if self.frames:                                     # end: the next existing frame
+                self.last = self.frames.pop(0)
+            return self.last                                    # (or the last decodable one)
 
 
-def decode_frames(path, indices, reseek_gap=RESEEK_GAP):
+class ShortVideo(VideoError):
+    """A wanted frame lies past the last frame that decodes: the container overstates the
+    frame count (or the file is truncated). `frames` = the frames that decode (last index + 1)."""
+
+    def __init__(self, wanted, frames):
+        super().__init__(wanted, frames)
+        self.wanted, self.frames = wanted, frames
+
+    def __str__(self):
+        return f'frame {self.wanted} wanted, but only {self.frames} frames decode'
+
+
+def decode_frames(path, indices, reseek_gap=RESEEK_GAP, return_indices=False):
     """Decode the frames with the given indices (ascending, repeats allowed) with one open.
 
     Frame index k is the frame whose timestamp is k frame periods after the stream's first
     timestamp: round((pts - start_time) * time_base * frame_rate). Frames are found by
     `_FrameReader` (seek to the keyframe at or before the first; decode on, skipping to a later
-    keyframe when there is one, for the next ones). When a wanted frame does not exist (the
-    container's frame count was too high), the last decodable frame is returned in its place
-    and nothing is recorded.
-    Returns a list of PIL RGB images, one per index. Raises VideoError on open/decode failure.
+    keyframe when there is one, for the next ones). A missing frame k gives the next one that
+    exists; two different wanted indices never give the same frame (the later one moves on to
+    the next frame). A wanted frame past the last decodable one raises ShortVideo (with the
+    number of frames that do decode), never a silent stand-in.
+    Returns a list of PIL RGB images, one per index (and, with `return_indices`, the indices of
+    the frames found). Raises VideoError on open/decode failure.
     """
     indices = [int(k) for k in indices]
     if indices != sorted(indices) or (indices and indices[0] < 0):
@@ -429,15 +495,21 @@ def decode_frames(path, indices, reseek_gap=RESEEK_GAP):
     k = None
     try:
         reader = _FrameReader(container, stream, reseek_gap)
-        images, previous, image = [], None, None
+        images, found_indices, previous, wanted_before, image = [], [], None, None, None
         for k in indices:
             found = reader.read(k)
             if found is None:
                 raise VideoError(f'no decodable frame (looking for frame {k})')
+            if found is previous and k != wanted_before:        # k itself is missing
+                found = reader.read(previous[0] + 1)
+            if found[0] < k or (found is previous and k != wanted_before):
+                raise ShortVideo(k, found[0] + 1)
             if found is not previous:
                 image, previous = found[1].to_image(), found   # RGB; only wanted frames converted
+            wanted_before = k
             images.append(image)
-        return images
+            found_indices.append(found[0])
+        return (images, found_indices) if return_indices else images
     except av.FFmpegError as e:
         raise VideoError(f'decode error looking for frame {k} ({_reason(e)})') from e
     finally:
@@ -594,7 +666,7 @@ def _random_texture(rng, base, n, max_freq, contrast, grating=0.0):
 
 def _random_polygon(rng):
     """A convex polygon with 3-7 vertices on the unit circle (counter-clockwise), the centre
-    inside (no gap between vertices of half a turn or more)."""
+    well inside it (no gap of 0.9 half-turn or more between neighbouring vertices)."""
     while True:
         a = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
         if np.max(np.diff(np.r_[a, a[0] + 2 * np.pi])) < 0.9 * np.pi:
@@ -630,7 +702,7 @@ class World:
     from (seed, size, num_frames, knobs); seed an int or a sequence of ints (`world_seed`).
     Knobs (the statistics of the scenes; defaults in brackets):
       num_objects   sprites K [None: 2..5 drawn from the seed]
-      speed         peak sprite speed, fraction of the longer frame side per frame [0.01]
+      speed         peak sprite speed, fraction of the longer frame side per frame [0.03]
       spin          largest rotation speed, radians per frame [0.03]
       zoom          largest log-scale amplitude [0.15: scale between 0.86 and 1.16]
       sprite_size   sprite half-size range, fraction of the shorter frame side [(0.08, 0.25)]
@@ -643,7 +715,7 @@ class World:
     """
 
     def __init__(self, seed, size=(160, 120), num_frames=24, num_objects=None, pan=True,
-                 speed=0.01, spin=0.03, zoom=0.15, sprite_size=(0.08, 0.25), max_freq=1 / 8,
+                 speed=0.03, spin=0.03, zoom=0.15, sprite_size=(0.08, 0.25), max_freq=1 / 8,
                  shapes=SPRITE_SHAPES, pan_speed=0.004, sprites=None):
         w, h = (int(v) for v in size)
         if w < 1 or h < 1 or num_frames < 1:
@@ -657,7 +729,8 @@ class World:
         self.size, self.num_frames = (w, h), int(num_frames)
         self.background = _random_texture(rng, rng.uniform(70, 185, 3), 12, max_freq, 55)
         L = max(w, h)
-        cam_v = pan_speed * L * rng.uniform(0.3, 1.0) * np.array(_unit(rng.uniform(0, 2 * np.pi)))
+        heading = rng.uniform(0, 2 * np.pi)
+        cam_v = pan_speed * L * rng.uniform(0.3, 1.0) * np.array([np.cos(heading), np.sin(heading)])
         cam_a = rng.uniform(0.02, 0.08, 2) * L
         cam_w, cam_phi = rng.uniform(0.03, 0.1, 2), rng.uniform(0, 2 * np.pi, 2)
         if sprites is None:
@@ -871,10 +944,6 @@ class World:
         return np.stack([tx, ty], -1).astype(np.float32), occluded
 
 
-def _unit(angle):
-    return math.cos(angle), math.sin(angle)
-
-
 def _unit_planes(sprite):
     """Half-planes n . (u, v) <= d whose intersection is a polygon sprite's unit shape."""
     if sprite.kind != 'polygon':
@@ -933,6 +1002,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         self.scale, self.seed, self.epoch = tuple(scale), seed, 0
         self.max_consecutive_failures = max_consecutive_failures
         self.world = dict(world or {})          # knobs of the synthetic preset's World
+        self.frames_of = {}              # video -> frames that decode, where the index was wrong
         if preset == 'synthetic':
             self.root = None
             self.videos = [(f'synthetic/{i:06d}', SYNTHETIC_FRAMES) for i in range(num_synthetic)]
@@ -954,19 +1024,34 @@ class FramePairDataset(torch.utils.data.Dataset):
         return rel if self.root is None else os.path.join(self.root, rel)
 
     def load_pair(self, j, g):
-        """(earlier, later) PIL frames of video j by the pair rule; VideoError on failure."""
+        """(earlier, later, notes): PIL frames of video j by the pair rule on the frames that
+        decode, and FrameNotes on what did not match the container; VideoError on failure."""
         if self.preset == 'synthetic':
             world = World(world_seed('pretrain', self.seed, j), SYNTHETIC_SIZE, SYNTHETIC_FRAMES,
                           **self.world)
             start, end = sample_pair(SYNTHETIC_FRAMES, self.frame_gap, g)
-            return Image.fromarray(world.frame(start)), Image.fromarray(world.frame(end))
-        n = self.videos[j][1]
+            return Image.fromarray(world.frame(start)), Image.fromarray(world.frame(end)), []
+        n = self.frames_of.get(j, self.videos[j][1])
         if n == 0:                       # unreadable at index time (or empty): try it once more
             n = count_frames(self.path(j))
             if n == 0:
                 raise VideoError('no frames')
         start, end = sample_pair(n, self.frame_gap, g)
-        return tuple(decode_frames(self.path(j), [start, end]))
+        notes = []
+        try:
+            images, (a, b) = decode_frames(self.path(j), [start, end], return_indices=True)
+        except ShortVideo as e:          # learn the true length, draw the pair again from it
+            self.frames_of[j] = e.frames
+            notes.append(FrameNote(f'{self.path(j)}: the container says {n} frames but only '
+                                   f'{e.frames} decode; pair drawn again from those'))
+            n = e.frames
+            start, end = sample_pair(n, self.frame_gap, g)
+            images, (a, b) = decode_frames(self.path(j), [start, end], return_indices=True)
+        if n > 1 and not 1 <= b - a <= self.frame_gap - 1:
+            notes.append(FrameNote(f'{self.path(j)}: frames {a} and {b} decoded for the pair '
+                                   f'({start}, {end}): gap {b - a} outside 1..{self.frame_gap - 1} '
+                                   f'(frames missing from the stream)'))
+        return images[0], images[1], notes
 
     def __getitem__(self, item):
         epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
@@ -976,7 +1061,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         for t in range(tries):
             j = (i + t) % len(self)
             try:
-                img_x, img_z = self.load_pair(j, g)
+                img_x, img_z, notes = self.load_pair(j, g)
             except VideoError as e:
                 skipped.append(f'{self.path(j)}: {e}')
                 continue
@@ -985,11 +1070,20 @@ class FramePairDataset(torch.utils.data.Dataset):
                                    f'(item {i}): {e!r}') from e
             x = augment(img_x, self.input_size, self.scale, g)  # independent crop + flip per frame
             z = augment(img_z, self.input_size, self.scale, g)
-            return x, z, skipped
+            return x, z, skipped + notes
         raise RuntimeError(
             f'every one of the {tries} videos tried for item {i} (from {self.path(i)} on) failed '
             f'to open or decode; check the data under {self.root}. First failures:\n  '
             + '\n  '.join(skipped[:5]))
+
+
+class FrameNote(str):
+    """A report that travels in an item's `skipped` list but is not a skip: a video whose frames
+    differ from what its container says (the pair was drawn again, or its gap breaks the rule).
+    `summarize_skipped` counts these apart."""
+
+    def __reduce__(self):                # survives the loader's worker queues as a FrameNote
+        return FrameNote, (str(self),)
 
 
 class EpochOrder(torch.utils.data.Sampler):
@@ -1018,15 +1112,29 @@ def collate_pairs(batch):
     return torch.stack(xs), torch.stack(zs), [s for item in skipped for s in item]
 
 
+def count_skips(entries):
+    """The number of real skips among `skipped` entries (FrameNotes are not skips)."""
+    return sum(not isinstance(e, FrameNote) for e in entries)
+
+
 def summarize_skipped(skipped):
-    """Once-per-epoch report of skipped videos: the count, then each unique entry with its count."""
-    if not skipped:
-        return 'skipped videos: none'
-    counts = {}
-    for entry in skipped:
-        counts[entry] = counts.get(entry, 0) + 1
-    lines = [f'skipped videos: {len(skipped)} skips of {len(counts)} unique videos']
-    lines += [f'  {entry}' + (f' (x{c})' if c > 1 else '') for entry, c in sorted(counts.items())]
+    """Once-per-epoch report of skipped videos: the count, then each unique entry with its count;
+    then, apart, the FrameNotes (videos whose decoded frames differ from their container)."""
+    notes = [e for e in skipped if isinstance(e, FrameNote)]
+    skips = [e for e in skipped if not isinstance(e, FrameNote)]
+    lines = []
+    for what, entries in (('skipped videos', skips), ('frame-count notes', notes)):
+        if not entries and what != 'skipped videos':
+            continue
+        if not entries:
+            lines.append('skipped videos: none')
+            continue
+        counts = {}
+        for entry in entries:
+            counts[str(entry)] = counts.get(str(entry), 0) + 1
+        noun = 'skips' if what == 'skipped videos' else 'notes'
+        lines.append(f'{what}: {len(entries)} {noun} of {len(counts)} unique videos')
+        lines += [f'  {e}' + (f' (x{c})' if c > 1 else '') for e, c in sorted(counts.items())]
     return '\n'.join(lines)
 
 

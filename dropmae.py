@@ -7,7 +7,7 @@ checkpoint import, the run infrastructure every training command shares (distrib
 folder, atomic checkpoints, RNG state), and last the `pretrain` command.
 
 State-dict keys are those of the official model (github jimmy-dq/DropMAE, `models_mae.py`), so
-`torch.load(official_ckpt)["model"]` loads into `DropMAE` with `strict=True`.
+`load_checkpoint(official_ckpt)["model"]` loads into `DropMAE` with `strict=True`.
 
 Frame naming, as in the official code: `x` is the earlier frame and `z` the later one in
 pre-training. Each frame adds the same spatial sin-cos table plus its own learned frame vector
@@ -32,14 +32,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
 import os
 import platform
 import random
+import re
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -556,6 +560,109 @@ class DropMAE(ViTEncoder):
 
 
 # --------------------------------------------------------------------------------------------
+# Reading checkpoint files: the one reader every command uses
+# --------------------------------------------------------------------------------------------
+#
+# `load_checkpoint` is the only place in the suite that calls torch.load (eval/tapvid.py has
+# its own small pickle reader with the same trust rule, since eval/ imports nothing of ours).
+# The trust rule: a checkpoint is read with `weights_only=True` (tensors, plain containers and
+# argparse.Namespace, which official MAE/DropMAE files store); a file that pickles other Python
+# objects (official OSTrack/DropTrack `.pth.tar`) can run code when loaded, so it is read only
+# with `trust_pickle=True` (the `--trust-pickle` flag of every command that reads one).
+# Every error names the path and says which of these it is:
+#   | the file                                   | error                                     |
+#   |--------------------------------------------|-------------------------------------------|
+#   | does not exist / is not a file             | FileNotFoundError "no such checkpoint"    |
+#   | is empty, truncated, or not a torch file   | CheckpointError "truncated" / "corrupt"   |
+#   | pickles objects, trust_pickle not given    | CheckpointError "... pass --trust-pickle" |
+#   | is the wrong kind for the command          | CheckpointError naming both kinds         |
+
+CHECKPOINT_KINDS = {
+    "pretrain": "a pre-training checkpoint (dropmae.py pretrain)",
+    "dropmae": "an official DropMAE pre-training checkpoint",
+    "mae": "an MAE ImageNet pre-training checkpoint",
+    "droptrack": "a DropTrack checkpoint (tasks/vot.py train)",
+    "ostrack": "an official DropTrack/OSTrack checkpoint",
+    "dropseg": "a DropSeg checkpoint (tasks/vos.py train)",
+    "unknown": "an unrecognised checkpoint",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and what is wrong."""
+
+
+def load_checkpoint(path, trust_pickle: bool = False) -> dict:
+    """Read a checkpoint file (a dict) on the CPU, by the trust rule above; errors name `path`."""
+    name = str(path)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{name}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{name}: not a regular file, cannot be a checkpoint")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{name}: empty file (0 bytes), not a checkpoint (an interrupted copy?)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{name}: truncated checkpoint ({size} bytes): a torch zip file "
+                              f"without its end (an interrupted write or copy?)")
+
+    def corrupt(err):
+        detail = (str(err).strip().splitlines() or ["no detail"])[0][:200]
+        return CheckpointError(f"{name}: corrupt or not a torch checkpoint ({size} bytes; "
+                               f"{type(err).__name__}: {detail})")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if not found:
+            raise corrupt(err) from None
+        if not trust_pickle:
+            raise CheckpointError(f"{name}: the file pickles Python objects ({found.group(1)}), which "
+                                  f"can run code when loaded (official OSTrack/DropTrack files do): "
+                                  f"pass --trust-pickle if you trust this file") from None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:
+            raise corrupt(err2) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{name}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def describe_checkpoint(ckpt: dict) -> str:
+    """The kind of a checkpoint dict: a key of CHECKPOINT_KINDS, from its entries."""
+    state = ckpt.get("model", ckpt)
+    config = ckpt.get("config")
+    if "track" in ckpt:
+        return "droptrack"
+    if "net" in ckpt:
+        return "ostrack"
+    if isinstance(state, dict) and "mask_patch_embed.proj.weight" in state:
+        return "dropseg"                               # its mask encoder (tasks/vos.py)
+    if isinstance(config, dict) and "decoder_depth" in config:
+        return "pretrain"
+    if isinstance(state, dict) and "temporal_pos_embed_x" in state:
+        return "dropmae"
+    if isinstance(state, dict) and "cls_token" in state:
+        return "mae"
+    return "unknown"
+
+
+def expect_kind(ckpt: dict, kinds, name, command: str) -> str:
+    """The checkpoint's kind; CheckpointError naming the file when it is not one of `kinds`."""
+    kind = describe_checkpoint(ckpt)
+    if kind not in kinds:
+        wanted = " or ".join(CHECKPOINT_KINDS[k] for k in kinds if k != "unknown")
+        raise CheckpointError(f"{name}: this is {CHECKPOINT_KINDS[kind]} (entries "
+                              f"{sorted(ckpt)[:6]}); {command} needs {wanted}")
+    return kind
+
+
+# --------------------------------------------------------------------------------------------
 # Checkpoint import
 # --------------------------------------------------------------------------------------------
 #
@@ -577,15 +684,9 @@ def read_checkpoint(src) -> tuple[dict, dict, str]:
         ckpt, name = src, "<state dict>"
     else:
         name = str(src)
-        try:
-            ckpt = torch.load(name, map_location="cpu", weights_only=True)
-        except Exception as err:                          # official files pickle argparse.Namespace
-            if "weights_only" not in str(err) and "Unsupported global" not in str(err):
-                raise RuntimeError(f"{name}: cannot read checkpoint: {err}") from err
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                ckpt = torch.load(name, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(src)                        # errors name the file
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{name}: expected a dict checkpoint, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{name}: expected a dict checkpoint, got {type(ckpt).__name__}")
     state = ckpt.get("model", ckpt)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{name}: no state dict found (expected a 'model' entry of tensors)")
@@ -613,6 +714,7 @@ def load_pretrained(src, model: nn.Module, expect_missing=(), expect_unexpected=
     Returns a report {kind, loaded, missing, dropped} and prints it when `verbose`.
     """
     state, ckpt, name = read_checkpoint(src)
+    expect_kind(ckpt, ("pretrain", "dropmae", "mae", "unknown"), name, "loading a pre-trained backbone")
     kind = checkpoint_kind(state, ckpt)
     own = model.state_dict()
     decoder = {k for k in state if k.startswith("decoder_") or k == "mask_token"}
@@ -738,8 +840,25 @@ def save_checkpoint(path, state: dict):
         return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:             # torch's writer raises RuntimeError
+        tmp.unlink(missing_ok=True)                    # never leave a partial file on a full disk
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err) \
+            or (isinstance(err, RuntimeError) and free is not None and free < 64 << 20)
+        kept = "the previous checkpoint is intact" if path.exists() else "no previous checkpoint"
+        if full:
+            raise OSError(errno.ENOSPC, f"{path}: the disk is full, the checkpoint was not saved "
+                          f"({kept}; the partial {tmp.name} was removed). Free some space and "
+                          f"rerun with --resume auto") from None
+        raise OSError(getattr(err, "errno", None) or errno.EIO,
+                      f"{path}: cannot save the checkpoint ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); {kept}") from None
 
 
 def latest_checkpoint(out_dir, pattern: str = "checkpoint-*.pth") -> Path | None:
@@ -749,6 +868,50 @@ def latest_checkpoint(out_dir, pattern: str = "checkpoint-*.pth") -> Path | None
         return int(digits) if digits else -1
     found = sorted(Path(out_dir).glob(pattern), key=number)
     return found[-1] if found else None
+
+
+def resume_checkpoint(out_dir, resume: str | None, required=("model", "optimizer"),
+                      pattern: str = "checkpoint-*.pth") -> tuple[Path | None, dict | None]:
+    """The checkpoint a training command continues from -> (path, checkpoint) or (None, None).
+
+    `resume` 'auto': the newest readable checkpoint in out_dir; a newer one that is corrupt or
+    lacks a `required` entry is moved aside to `<name>.corrupt` (kept for inspection) with a
+    message naming it, and the previous one is used; none readable -> SystemExit naming them.
+    Any other non-empty `resume` is a path that must read; '' / None: no resume.
+    """
+    if not resume:
+        return None, None
+    if resume != "auto":
+        ckpt = load_checkpoint(resume)
+        missing = [k for k in required if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{resume}: cannot resume from it: no {missing} entries "
+                                  f"(entries {sorted(ckpt)[:8]})")
+        return Path(resume), ckpt
+    def number(p: Path) -> int:
+        digits = "".join(c for c in p.stem.rsplit("-", 1)[-1] if c.isdigit())
+        return int(digits) if digits else -1
+    bad = []
+    for path in sorted(Path(out_dir).glob(pattern), key=number, reverse=True):
+        try:
+            ckpt = load_checkpoint(path)
+            missing = [k for k in required if k not in ckpt]
+            if missing:
+                raise CheckpointError(f"{path}: no {missing} entries, cannot resume from it")
+        except CheckpointError as err:
+            aside = path.with_name(path.name + ".corrupt")
+            if is_main():
+                os.replace(path, aside)
+            print(f"--resume auto: {err}; moved it aside to {aside.name}", file=sys.stderr)
+            bad.append(str(path))
+            continue
+        if bad:
+            print(f"--resume auto: continuing from the previous good checkpoint {path}", file=sys.stderr)
+        return path, ckpt
+    if bad:
+        raise SystemExit(f"--resume auto: no readable checkpoint in {out_dir}: "
+                         f"{', '.join(bad)} are corrupt (moved aside to *.corrupt)")
+    return None, None
 
 
 def rng_state() -> dict:
@@ -802,6 +965,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(lo: float = 0.0, hi: float = 1.0, lo_closed: bool = True, hi_closed: bool = False):
+    """argparse type: a float in [lo, hi) (or (lo, hi], ... by the two flags), with a message
+    that gives the range. Every probability and ratio flag of every command uses one."""
+    def parse(text: str) -> float:
+        value = float(text)
+        ok = (value >= lo if lo_closed else value > lo) and (value <= hi if hi_closed else value < hi)
+        if not ok:                                     # NaN fails both comparisons
+            span = f"{'[' if lo_closed else '('}{lo:g}, {hi:g}{']' if hi_closed else ')'}"
+            raise argparse.ArgumentTypeError(f"must be in {span}, got {text}")
+        return value
+    parse.__name__ = "fraction"                       # argparse names the type in its message
+    return parse
+
+
 def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `pretrain` flags; defaults are the official DropMAE recipe (ViT-B, K400, 64 GPUs)."""
     from data import PRESETS as DATA_PRESETS
@@ -809,8 +986,10 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--model", default="base", choices=list(PRESETS), help="size preset")
     g.add_argument("--input-size", type=int, default=None,
                    help="frame side in pixels (default: the preset's img_size; 224 for base)")
-    g.add_argument("--P", type=float, default=0.1, help="ASAD dropout ratio; 0 gives TwinMAE")
-    g.add_argument("--mask-ratio", type=float, default=0.75, help="joint over both frames")
+    g.add_argument("--P", type=fraction(), default=0.1,
+                   help="ASAD dropout ratio in [0, 1); 0 gives TwinMAE")
+    g.add_argument("--mask-ratio", type=fraction(), default=0.75,
+                   help="masked share of the patches of both frames, in [0, 1)")
     g.add_argument("--image-mae", action="store_true",
                    help="one-frame image MAE on the earlier frame of each pair (baseline row)")
     g.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=True)
@@ -941,7 +1120,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     from tqdm import tqdm
 
-    from data import EpochOrder, FramePairDataset, collate_pairs, summarize_skipped
+    from data import EpochOrder, FramePairDataset, collate_pairs, count_skips, summarize_skipped
 
     # ---- config and distributed init
     rank, world, local_rank, device = init_distributed()
@@ -1023,15 +1202,11 @@ def pretrain(args: argparse.Namespace) -> Path:
     # ---- resume: after a whole epoch at the next one (official); after --max-steps stopped
     # mid-epoch at the next iteration of that epoch
     start_epoch, start_iter, step = 0, 0, 0
-    resume = Path(args.resume) if args.resume not in ("", "auto") else None
-    if args.resume == "auto":
-        resume = latest_checkpoint(run)
+    resume, ckpt = resume_checkpoint(run, args.resume,
+                                     required=("model", "optimizer", "epoch", "step"))
     if args.resume == "auto" and resume is None:
         say(f"--resume auto: no checkpoint in {run}, starting from scratch")
     if resume is not None:
-        if not resume.is_file():
-            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler.is_enabled() and ckpt.get("scaler"):
@@ -1102,7 +1277,7 @@ def pretrain(args: argparse.Namespace) -> Path:
                 if args.debug_nan_at_step == step:
                     loss = loss * float("nan")
                 local = loss.item()
-                stats = torch.tensor([local, len(skipped)], dtype=torch.float64, device=device)
+                stats = torch.tensor([local, count_skips(skipped)], dtype=torch.float64, device=device)
                 if world > 1:
                     torch.distributed.all_reduce(stats)   # sum over ranks
                 mean_loss, n_skipped = stats[0].item() / world, int(stats[1].item())
@@ -1153,7 +1328,7 @@ def pretrain(args: argparse.Namespace) -> Path:
             f"{time.perf_counter() - t_epoch:.1f} s; {summary}")
         logger.log(epoch=epoch, train_loss=float(np.mean(losses)), train_lr=float(np.mean(lrs)),
                    iterations=len(losses), epoch_time_s=time.perf_counter() - t_epoch,
-                   skipped=len(skipped_all), skipped_videos=summary)
+                   skipped=count_skips(skipped_all), skipped_videos=summary)
         # a resumed partial epoch is saved at its end too, over its partial checkpoint
         if stopped or skip or epoch % args.save_every == 0 or epoch + 1 == args.epochs:
             save(epoch, it + 1)

@@ -71,6 +71,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from eval.output import write_atomic
+
 BOUND_TH = 0.008  # boundary tolerance as a fraction of the frame diagonal
 VOID_ID = 255
 D16_THRESHOLD = 128  # D16F binarises results with `> 128`
@@ -455,9 +457,11 @@ def evaluate_davis(davis_root, results_dir, split='val', year=2017, workers=2,
     if not Path(results_dir).is_dir():
         raise FileNotFoundError(f'{results_dir}: results folder not found')
     sequences = read_sequence_list(davis_root, split, year)
-    per_object = {}
+    per_object, empty = {}, []
     for seq in sequences:
         gt, pred, n_obj, names = read_sequence(davis_root, results_dir, seq, year, workers)
+        if n_obj == 0:
+            empty.append(f'{seq} ({annotation_paths(davis_root, seq)[0]})')
         j, f = eval_sequence(gt, pred, n_obj, bound_th)
         for k in range(n_obj):
             jm, jr, jd = object_statistics(j[k])
@@ -466,6 +470,13 @@ def evaluate_davis(davis_root, results_dir, split='val', year=2017, workers=2,
                 'J-Mean': jm, 'J-Recall': jr, 'J-Decay': jd,
                 'F-Mean': fm, 'F-Recall': fr, 'F-Decay': fd,
                 'J': j[k].tolist(), 'F': f[k].tolist(), 'frames': names}
+    if empty and not per_object:
+        raise ValueError(f'no object to evaluate: the first-frame annotation of every sequence of '
+                         f'{split} is empty (all background or void; the official toolkit would '
+                         f'report NaN): {", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""}')
+    if empty:
+        print(f'warning: {len(empty)} sequences have an empty first-frame annotation and add no '
+              f'object: {", ".join(empty[:5])}', file=sys.stderr)
     out = {'year': year, 'split': split}
     out.update(summarize(per_object))
     out.update({'n_sequences': len(sequences), 'n_objects': len(per_object),
@@ -516,7 +527,7 @@ def write_outputs(result, out_dir):
              out_dir / f"davis{result['year']}_results-{split}.json":
                  json.dumps(result, indent=1) + '\n'}
     for path, text in files.items():
-        path.write_text(text)
+        write_atomic(path, text)
     return list(files)
 
 
@@ -534,8 +545,11 @@ def main(argv=None):
         result = evaluate_davis(args.davis_path, args.results, args.set, args.year, args.workers)
     except (FileNotFoundError, ValueError) as e:  # bad input: the message names the file
         sys.exit(f'error: {e}')
-    paths = write_outputs(result, args.out or args.results)
-    print(summary_line(result))
+    print(summary_line(result), flush=True)  # first: a failing write cannot lose the score
+    try:
+        paths = write_outputs(result, args.out or args.results)
+    except OSError as e:
+        sys.exit(f'error: {e}')
     for p in paths:
         print(f'wrote {p}')
     return result

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.output import write_atomic
+
 FLO_MAGIC = 202021.25
 FLOW_EXTS = ('.flo', '.png', '.npy', '.npz')
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -286,26 +288,43 @@ def write_kitti_png(path, flow, valid=None):
 
 
 def read_flow(path):
-    """Read a flow file by extension -> flow (H, W, 2) float32, valid (H, W) float32."""
+    """Read a flow file by extension -> flow (H, W, 2) float32, valid (H, W) float32.
+
+    Every error names the file: unreadable or corrupt files (numpy's and the OS's errors are
+    wrapped), wrong shapes, and non-finite flow (NaN / inf, with the pixel count), which would
+    otherwise make the EPE NaN or inf without saying where it came from.
+    """
     path = Path(path)
     ext = path.suffix.lower()
-    if ext == '.png':
-        return read_kitti_png(path)
-    if ext == '.flo':
-        flow, valid = read_flo(path), None
-    elif ext == '.npy':
-        flow, valid = np.load(path), None
-    elif ext == '.npz':
-        with np.load(path) as z:
-            if 'flow' not in z:
-                raise ValueError(f'{path}: .npz needs a "flow" key, has {sorted(z.keys())}')
-            flow = z['flow']
-            valid = z['valid'] if 'valid' in z else None
-    else:
+    if ext not in FLOW_EXTS:
         raise ValueError(f'{path}: unknown flow extension (supported: {FLOW_EXTS})')
-    flow = np.asarray(flow, np.float32)
+    try:
+        if ext == '.png':
+            flow, valid = read_kitti_png(path)
+        elif ext == '.flo':
+            flow, valid = read_flo(path), None
+        elif ext == '.npy':
+            flow, valid = np.load(path), None
+        else:
+            with np.load(path) as z:
+                if 'flow' not in z:
+                    raise ValueError(f'{path}: .npz needs a "flow" key, has {sorted(z.keys())}')
+                flow = z['flow']
+                valid = z['valid'] if 'valid' in z else None
+        flow = np.asarray(flow, np.float32)
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f'{path}: cannot read ({err})') from None
+    except Exception as err:  # OSError, zipfile.BadZipFile, EOFError, pickle errors, ...
+        raise ValueError(f'{path}: cannot read ({type(err).__name__}: {err})') from None
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ValueError(f'{path}: flow must be (H, W, 2), got {flow.shape}')
+    bad = ~np.isfinite(flow).all(axis=2)
+    if bad.any():
+        y, x = np.argwhere(bad)[0]
+        raise ValueError(f'{path}: non-finite flow (NaN or inf) in {int(bad.sum())} of {bad.size} '
+                         f'pixels, first at (x={x}, y={y})')
     if valid is None:
         valid = np.ones(flow.shape[:2], np.float32)
     elif valid.shape != flow.shape[:2]:
@@ -387,9 +406,11 @@ def main(argv=None):
     if m['n_unused_pred']:
         print(f"note: {m['n_unused_pred']} prediction files have no GT file (not scored)",
               file=sys.stderr)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(m, indent=1) + '\n')
+    if args.out:  # after the summary line: a failing write cannot lose the score
+        try:
+            write_atomic(args.out, json.dumps(m, indent=1) + '\n')
+        except OSError as err:
+            parser.exit(1, f'error: {err}\n')
     return m
 
 

@@ -60,6 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.output import write_atomic
+
 SUCCESS_THRESHOLDS = np.linspace(0, 1, 21)  # IoU
 PRECISION_THRESHOLDS = np.linspace(0, 2, 21)  # metres
 ALL_CATEGORIES = ('Car', 'Van', 'Pedestrian', 'Cyclist')
@@ -397,9 +399,11 @@ def main(argv=None):
           f"tracklets, {m['n_frames']} frames  Success {m['success']:.2f}  "
           f"Precision {m['precision']:.2f}  invalid pred boxes {m['n_invalid_pred']}  "
           f"unused pred files {m['extra_pred_files']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(m, indent=1) + '\n')
+    if args.out:  # after the summary line: a failing write cannot lose the score
+        try:
+            write_atomic(args.out, json.dumps(m, indent=1) + '\n')
+        except OSError as err:
+            parser.exit(1, f'error: {err}\n')
     return m
 
 

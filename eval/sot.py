@@ -41,12 +41,15 @@ import argparse
 import ast
 import io
 import json
+import os
 import re
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from eval.output import write_atomic
 
 BENCHMARK_NAMES = {'got10k': 'GOT-10k', 'lasot': 'LaSOT', 'lasot_ext': 'LaSOT_ext',
                    'tnl2k': 'TNL2K', 'trackingnet': 'TrackingNet', 'otb': 'OTB'}
@@ -613,8 +616,15 @@ def write_plots(result, plot_dir):
         ax.grid(True, alpha=0.3)
         ax.legend()
         path = plot_dir / f'{b}_{kind}.png'
-        fig.savefig(path, dpi=120, bbox_inches='tight')
-        plt.close(fig)
+        tmp = path.with_name(f'.{path.name}.tmp.png')  # atomic, as every evaluator output
+        try:
+            fig.savefig(tmp, dpi=120, bbox_inches='tight')
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(err.errno, f'{path}: cannot write the plot ({err.strerror or err})') from None
+        finally:
+            plt.close(fig)
         paths.append(path)
     return paths
 
@@ -640,12 +650,17 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as e:  # bad input: the message names the file
         parser.exit(2, f'error: {e}\n')
     print(summary_line(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + '\n')
+    if args.out:  # after the summary line: a failing write cannot lose the score
+        try:
+            write_atomic(args.out, json.dumps(result, indent=1) + '\n')
+        except OSError as err:
+            parser.exit(1, f'error: {err}\n')
     if args.plot:
-        for path in write_plots(result, args.plot):
-            print(f'wrote {path}')
+        try:
+            for path in write_plots(result, args.plot):
+                print(f'wrote {path}')
+        except OSError as err:
+            parser.exit(1, f'error: {err}\n')
     return result
 
 

@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.output import write_atomic
+
 THRESHOLDS = (1, 2, 4, 8, 16)  # pixels, in the 256x256 frame
 EVAL_SIZE = 256
 QUERY_STRIDE = 5
@@ -166,16 +168,66 @@ def _check_example(example, where):
     return points, occluded.astype(bool)
 
 
-def read_tapvid_gt(path):
-    """Read TAP-Vid GT -> {video name: (points (N, T, 2) normalised [x, y], occluded (N, T))}."""
+# Reading pickles. The TAP-Vid GT is a pickle, and `pickle.load` of a crafted file runs code.
+# The suite's trust rule (the same as for checkpoints, `dropmae.load_checkpoint`; eval/ imports
+# nothing of ours, so the rule is restated here): by default only plain containers and numpy
+# arrays are rebuilt, which is all an official TAP-Vid pickle holds; a file that needs any
+# other Python object is refused unless `trust_pickle` (`--trust-pickle`) says it is trusted.
+
+SAFE_PICKLE_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy', 'ndarray'), ('numpy', 'dtype'), ('collections', 'OrderedDict'),
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global the safe unpickler does not rebuild (the message is its dotted name)."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Plain containers, strings, numbers and numpy arrays / scalars; nothing that runs code."""
+
+    def find_class(self, module, name):
+        if (module, name) in SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f'{module}.{name}')
+
+
+def read_pickle(path, trust_pickle=False):
+    """Load a pickle file by the trust rule above; every error names the file."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no such file')
+    try:
+        with open(path, 'rb') as fh:
+            return pickle.load(fh) if trust_pickle else _SafeUnpickler(fh).load()
+    except _Refused as err:
+        raise ValueError(f'{path}: the pickle holds a Python object ({err}) beyond arrays and '
+                             f'plain containers, and loading it could run code; pass '
+                             f'--trust-pickle if you trust this file') from None
+    except pickle.UnpicklingError as err:
+        raise ValueError(f'{path}: truncated or corrupt pickle (UnpicklingError: {err})') from None
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError, OverflowError) as err:
+        raise ValueError(f'{path}: truncated or corrupt pickle ({type(err).__name__}: '
+                         f'{err})') from None
+
+
+def read_tapvid_gt(path, trust_pickle=False):
+    """Read TAP-Vid GT -> {video name: (points (N, T, 2) normalised [x, y], occluded (N, T))}.
+
+    Pickles are read by `read_pickle` (arrays only unless `trust_pickle`). Non-finite points
+    at visible positions are an error (occluded positions are never scored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'{path}: no such file or folder')
     files = sorted(path.glob('*.pkl')) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f'{path}: no .pkl files')
     videos = {}
     for f in files:
-        with open(f, 'rb') as fh:
-            data = pickle.load(fh)
+        data = read_pickle(f, trust_pickle)
         if isinstance(data, dict):
             items = [(str(k), v) for k, v in data.items()]
         elif isinstance(data, (list, tuple)):
@@ -186,7 +238,13 @@ def read_tapvid_gt(path):
         for name, example in items:
             if name in videos:
                 raise ValueError(f'{f}: video {name!r} appears twice')
-            videos[name] = _check_example(example, f'{f}: video {name!r}')
+            points, occluded = _check_example(example, f'{f}: video {name!r}')
+            bad = ~np.isfinite(points).all(axis=2) & ~occluded
+            if bad.any():
+                n, t = np.argwhere(bad)[0]
+                raise ValueError(f'{f}: video {name!r}: non-finite GT points at {int(bad.sum())} '
+                                 f'visible positions, first track {n} frame {t}')
+            videos[name] = points, occluded
     return videos
 
 
@@ -203,10 +261,31 @@ def _read_prediction(arrays, where):
     if tracks.ndim != 3 or tracks.shape[2] != 2 or occluded.shape != tracks.shape[:2]:
         raise ValueError(f'{where}: tracks {tracks.shape} / occluded {occluded.shape}, '
                          f'expected (Q, T, 2) / (Q, T)')
+    bad = ~np.isfinite(tracks).all(axis=2)
+    if bad.any():
+        q, t = np.argwhere(bad)[0]
+        raise ValueError(f'{where}: non-finite predicted tracks (NaN or inf) at {int(bad.sum())} '
+                         f'of {bad.size} points, first query {q} frame {t} (write a finite '
+                         f'position, with occluded=1 where the tracker has none)')
     resolution = tuple(int(v) for v in arrays.get('resolution', (EVAL_SIZE, EVAL_SIZE)))
     queries = arrays.get('query_points')
     return {'tracks': tracks, 'occluded': occluded, 'resolution': resolution,
             'query_points': None if queries is None else np.asarray(queries, np.float64)}
+
+
+def _load_npz(path):
+    """{key: array} of an .npz file; errors (missing, truncated, not a zip, pickled objects)
+    name the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path}: no such file')
+    try:
+        z = np.load(path)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError('an .npy array, not an .npz archive')
+        with z:
+            return {k: z[k] for k in z.files}
+    except Exception as err:  # zipfile.BadZipFile, EOFError, ValueError (object arrays), OSError
+        raise ValueError(f'{path}: cannot read the .npz ({type(err).__name__}: {err})') from None
 
 
 def read_predictions(path, names):
@@ -218,14 +297,12 @@ def read_predictions(path, names):
             f = path / f'{name}.npz'
             if not f.is_file():
                 raise FileNotFoundError(f'{f}: missing prediction for video {name!r}')
-            with np.load(f) as z:
-                preds[name] = _read_prediction({k: z[k] for k in z.files}, f)
+            preds[name] = _read_prediction(_load_npz(f), f)
         return preds
-    with np.load(path) as z:
-        grouped = {}
-        for key in z.files:
-            name, _, field = key.rpartition('/')
-            grouped.setdefault(name, {})[field] = z[key]
+    grouped = {}
+    for key, value in _load_npz(path).items():
+        name, _, field = key.rpartition('/')
+        grouped.setdefault(name, {})[field] = value
     extra = sorted(set(grouped) - set(names))
     if extra:
         raise ValueError(f'{path}: predictions for unknown videos {extra[:5]}')
@@ -271,13 +348,17 @@ def evaluate(gt, preds, mode):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--gt', required=True, help='TAP-Vid pickle, or a folder of pickles')
+    parser.add_argument('--trust-pickle', action='store_true',
+                        help='unpickle any Python object in --gt. Loading a pickle can run code: '
+                             'by default only numpy arrays and plain containers are read, which '
+                             'is all an official TAP-Vid file holds')
     parser.add_argument('--pred', required=True, help='folder of <video>.npz, or one .npz')
     parser.add_argument('--query-mode', required=True, choices=('first', 'strided'))
     parser.add_argument('--out', help='write the metrics as JSON here')
     args = parser.parse_args(argv)
 
     try:
-        gt = read_tapvid_gt(args.gt)
+        gt = read_tapvid_gt(args.gt, args.trust_pickle)
         result = evaluate(gt, read_predictions(args.pred, list(gt)), args.query_mode)
     except (FileNotFoundError, ValueError) as err:  # bad input: the message names the file
         parser.exit(2, f'error: {err}\n')
@@ -291,9 +372,11 @@ def main(argv=None):
           f"  AJ {100 * m['average_jaccard']:.2f}"
           f"  <d_avg {100 * m['average_pts_within_thresh']:.2f}"
           f"  OA {100 * m['occlusion_accuracy']:.2f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + '\n')
+    if args.out:  # after the summary line: a failing write cannot lose the score
+        try:
+            write_atomic(args.out, json.dumps(result, indent=1) + '\n')
+        except OSError as err:
+            parser.exit(1, f'error: {err}\n')
     return result
 
 

@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
-from data import FramePairDataset  # noqa: E402
+from data import FramePairDataset, FrameNote, count_skips  # noqa: E402
+from eval.output import write_atomic  # noqa: E402
 
 
 def frame_attention_shares(attn: torch.Tensor) -> tuple[float, float]:
@@ -53,25 +54,42 @@ def build_model(ckpt_path: str, preset: str | None) -> dropmae.DropMAE:
 
 
 @torch.no_grad()
-def analyse(models: dict, dataset, videos: int, seed: int = 0, mask_ratio: float = 0.75) -> dict:
-    """Per model name: {'within': [per layer], 'between': [per layer]} averaged over videos."""
+def analyse(models: dict, dataset, videos: int, seed: int = 0, mask_ratio: float = 0.75):
+    """Per model name: {'within': [per layer], 'between': [per layer]} averaged over videos.
+
+    Videos are taken in a seeded random order until `videos` distinct ones gave a pair. The
+    dataset replaces an unreadable video by the next one (`skipped` says which it tried), so
+    the video actually used is known; a replacement that is already used is not counted
+    twice. -> (result, used video paths, skipped entries "path: reason").
+    """
     gen = torch.Generator().manual_seed(seed)
-    n = min(videos, len(dataset))
-    picks = torch.randperm(len(dataset), generator=gen)[:n].tolist()
-    out = {name: {"within": None, "between": None} for name in models}
+    order = torch.randperm(len(dataset), generator=gen).tolist()
+    sums = {name: {"within": None, "between": None} for name in models}
     num_patches = next(iter(models.values())).num_patches
-    for i in picks:
-        img_x, img_z, _ = dataset[i]
+    used, skipped = [], []
+    for i in order:
+        if len(used) == min(videos, len(dataset)):
+            break
+        img_x, img_z, entries = dataset[i]
+        tried = count_skips(entries)
+        skipped += [e for e in entries if e not in skipped and not isinstance(e, FrameNote)]
+        path = dataset.path((i + tried) % len(dataset))    # the video that gave the pair
+        if path in used:
+            continue
+        used.append(path)
         noise = torch.rand(1, 2 * num_patches, generator=gen)                   # same masks for all
         for name, model in models.items():
             maps = model.decoder_attention(img_x[None], img_z[None], mask_ratio, noise)
             shares = [frame_attention_shares(a) for a in maps]
-            w = torch.tensor([s[0] for s in shares]) / n
-            b = torch.tensor([s[1] for s in shares]) / n
-            rec = out[name]
+            w = torch.tensor([s[0] for s in shares], dtype=torch.float64)
+            b = torch.tensor([s[1] for s in shares], dtype=torch.float64)
+            rec = sums[name]
             rec["within"] = w if rec["within"] is None else rec["within"] + w
             rec["between"] = b if rec["between"] is None else rec["between"] + b
-    return {name: {k: v.tolist() for k, v in rec.items()} for name, rec in out.items()}
+    if not used:
+        raise RuntimeError(f"no video gave a frame pair; skipped: {skipped[:5]}")
+    result = {name: {k: (v / len(used)).tolist() for k, v in rec.items()} for name, rec in sums.items()}
+    return result, used, skipped
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -132,13 +150,16 @@ def main(argv=None):
         args.label = (args.label + " " if args.label else "") + "[tiny model: tiny scale, not comparable with the paper]"
     size = args.input_size or next(iter(models.values())).cfg.img_size
     dataset = FramePairDataset(args.data, args.data_path, input_size=size, seed=args.seed)
-    result = analyse(models, dataset, args.videos, args.seed)
+    result, used, skipped = analyse(models, dataset, args.videos, args.seed)
+    print(f"attention: {len(used)} distinct videos used ({args.videos} asked, {len(dataset)} in the "
+          f"set); {len(skipped)} skipped as unreadable" + "".join(f"\n  {e}" for e in skipped))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "attention.json").write_text(json.dumps(
-        {"label": args.label, "videos": min(args.videos, len(dataset)), "checkpoints": dict(zip(names, args.ckpt)),
-         "result": result}, indent=1))
     print_table(result, args.label)
+    write_atomic(out / "attention.json", json.dumps(
+        {"label": args.label, "videos": len(used), "videos_asked": args.videos,
+         "videos_used": used, "skipped_videos": skipped,
+         "checkpoints": dict(zip(names, args.ckpt)), "result": result}, indent=1))
     plot(result, out / "attention.png")
     return result
 

@@ -58,6 +58,9 @@ once under an `fcntl` lock: two processes (two tables, two pytest-xdist workers)
 same backbone at once train it once; the other waits and reuses it. A folder pre-trained with
 another recipe is refused, not reused. `BACKBONE_RECIPE` holds the pre-training numbers per
 scale; the standard tiny rows (no pre-training, image MAE, TwinMAE, DropMAE) are `tiny_rows()`.
+Tests pass the session's shared folder (`smoke_backbones` in tests/conftest.py) as --backbones,
+so every table's `--smoke` test, on any pytest-xdist worker, uses one set of smoke backbones.
+`python -m reproduce.pipeline backbones [--scale smoke] [--seeds N]` pre-trains them ahead.
 
 Console: one line per stage, redrawn in place on a terminal,
     [row 3/4 TwinMAE K400] pretrain [##########..........]  52%  1:05 elapsed, 1:00 left
@@ -231,7 +234,24 @@ BACKBONE_RECIPE = {
     "smoke": dict(model="tiny", clips=dict(train=(2, 2), val=(2, 1)), batch=2, epochs=2,
                   warmup=1, lr=1.5e-3, workers=0, log_every=1),
 }
+VIDEO_SETS = ("k400", "k600", "k700", "mit", "webvid", "folder")   # dataset flags that are pre-training videos
 COLLAPSE_FRAMES = 16                                     # held-out frames of the collapse check
+
+
+def code_version() -> str:
+    """A hash of the code that makes the clips and the backbones (data.py, dropmae.py): a cache
+    entry made by other code is reported when reused (delete it to redo it)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("data.py", "dropmae.py"):
+        h.update((REPO / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _warn_if_other_code(done: dict, folder: Path, say):
+    if done.get("code") not in (None, code_version()):
+        say(f"note: {folder} was made by other code (data.py / dropmae.py changed since, hash "
+            f"{done['code']} vs {code_version()}); delete it to redo it with this code")
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,13 +334,10 @@ CONVERTERS = {"timm": convert_timm_vit, "mocov3": convert_mocov3, "mae": convert
 
 
 def load_foreign(path: str):
-    """torch.load of a foreign file: weights only, argparse.Namespace allowed (MoCo/MAE store args)."""
-    import torch
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
-    return obj
+    """A foreign checkpoint file through the one checkpoint reader (`dropmae.load_checkpoint`:
+    weights only, argparse.Namespace allowed as MoCo/MAE store args; errors name the file)."""
+    import dropmae
+    return dropmae.load_checkpoint(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,9 +610,10 @@ class Backbones:
                        "--codec", "mpeg4"]
                 if run_command(cmd, log, console) != 0:
                     raise StageFailed(f"synthetic clips failed: {' '.join(cmd)}; log {log}\n{tail(log)}")
-            return {"recipe": c, "k400": str(self.folder / "clips" / "train"),
+            return {"recipe": c, "code": code_version(), "k400": str(self.folder / "clips" / "train"),
                     "k400_val": str(self.folder / "clips" / "val")}
         done = once(self.folder / "clips" / "clips.json", build, "the synthetic clips", console.say)
+        _warn_if_other_code(done, self.folder / "clips", console.say)
         if done["recipe"] != json.loads(json.dumps(c)):
             raise SystemExit(f"{self.folder / 'clips'} holds clips of another recipe ({done['recipe']}, "
                              f"now {c}): delete the folder or pass another --backbones")
@@ -604,7 +622,11 @@ class Backbones:
     def command(self, row: Row, seed: int, run: Path) -> tuple[list[str], dict]:
         """The dropmae.py pretrain command of a row and seed, and its recipe (what identifies it)."""
         r = self.recipe
-        path = self.clips()[row.video] if self.scale != "full" else self.videos[row.video]
+        videos = self.clips() if self.scale != "full" else self.videos
+        if row.video not in videos:
+            raise SystemExit(f"row {row.id} pre-trains on {row.video!r}; at {self.scale} scale the backbones "
+                             f"have {sorted(videos)}" + (" (the synthetic clips)" if self.scale != "full" else ""))
+        path = videos[row.video]
         recipe = {"scale": self.scale, "model": r["model"], "data": row.video, "data_path": str(path),
                   "P": row.P, "image_mae": row.image_mae, "seed": seed, "extra": list(row.pretrain_args)}
         args = ["pretrain", "--model", r["model"], "--data", row.video, "--data-path", str(path),
@@ -652,10 +674,12 @@ class Backbones:
                 raise StageFailed(f"{run}: pre-training finished but wrote no checkpoint-*.pth")
             hours, hardware, n_epochs = pretrain_hours(run)
             return {"checkpoint": str(ckpt), "hours": hours, "hardware": hardware, "epochs": n_epochs,
-                    "folder": str(run), "recipe": recipe}
+                    "folder": str(run), "recipe": recipe, "code": code_version()}
         check()
         multi_node = self.dist["nnodes"] > 1
-        return once(run / "backbone.json", build, f"the backbone {run.name}", console.say, lock=not multi_node)
+        done = once(run / "backbone.json", build, f"the backbone {run.name}", console.say, lock=not multi_node)
+        _warn_if_other_code(done, run, console.say)
+        return done
 
 
 def ensure_backbones(folder, scale: str = "smoke", seeds=(0,), rows=TINY_ROWS, verbose=False) -> dict:
@@ -707,7 +731,7 @@ def stage_collapse(ctx, row: Row) -> dict:
     import torch
 
     import dropmae
-    cfg = dropmae.get_config(ctx.table_run.backbone_recipe["model"])
+    cfg = dropmae.get_config(ctx.model)
     torch.manual_seed(ctx.seed)
     enc = dropmae.ViTEncoder(cfg)
     ckpt = ctx.backbone(row)
@@ -734,11 +758,12 @@ def stage_convert(ctx, row: Row) -> dict:
     rule = row.weights or "ours"
     src = ctx.table_run.ckpts[row.id]
     converted = CONVERTERS[rule](load_foreign(src), src)          # Unsupported / ValueError: skipped
-    model = dropmae.ViTEncoder(dropmae.get_config(ctx.table_run.backbone_recipe["model"]))
+    model = dropmae.ViTEncoder(dropmae.get_config(ctx.model))
     report = dropmae.load_pretrained(converted, model, verbose=False)   # raises on any key/shape mismatch
     if rule == "ours":
         return {"checkpoint": str(Path(src).resolve()), "source": str(src), "rule": rule, "kind": report["kind"]}
     path = ctx.folder(row, "backbone.pth")
+    path.parent.mkdir(parents=True, exist_ok=True)
     dropmae.save_checkpoint(path, converted)
     return {"checkpoint": ctx.rel(path), "source": str(src), "rule": rule,
             "loaded": report["loaded"], "dropped": report["dropped"], "missing": report["missing"]}
@@ -776,6 +801,11 @@ class SeedRun:
     def data(self) -> dict:
         return self.table_run.data
 
+    @property
+    def model(self) -> str:
+        """The model preset of this scale's backbones (tiny, base)."""
+        return self.table_run.backbone_recipe["model"]
+
     def folder(self, row: Row, *parts) -> Path:
         return self.out.joinpath(row.id, *parts)
 
@@ -791,7 +821,9 @@ class SeedRun:
 
     def backbone(self, row: Row) -> Path | None:
         """The checkpoint a row's downstream stages start from; None: random init."""
-        first = "convert" if row.id in self.table_run.ckpts else {"pretrain": "pretrain", "ckpt": "convert"}.get(row.source)
+        first = {"pretrain": "pretrain", "ckpt": "convert"}.get(row.source)
+        if row.id in self.table_run.ckpts:
+            first = "convert"
         if first is None:
             return None
         res = self.result(row, first)
@@ -933,7 +965,7 @@ class TableRun:
             if self.table.synthetic:
                 ctx = SeedRun(self, None)
                 row = Row("data", "synthetic data")
-                ctx.stage(row, Stage("data", self.table.synthetic), "[data]")
+                ctx.stage(row, Stage("data", self.table.synthetic), "[synthetic data]")
                 self.data.update(ctx.result(row, "data")["paths"])
         elif self.table.collapse_check and self.table.heldout and self.data.get(self.table.heldout):
             self.heldout = self.data[self.table.heldout]
@@ -1158,7 +1190,7 @@ def make_run(table: Table, args: argparse.Namespace, stream=None) -> tuple[Table
     out = Path(args.out or f"runs/{table.name}" + ("" if full else f"_{scale}"))
     dist = {"nproc": args.nproc, "nnodes": args.nnodes, "node_rank": args.node_rank,
             "master_addr": args.master_addr, "master_port": args.master_port}
-    videos = {k: v for k, v in given.items() if k in ("k400", "k600", "k700", "mit", "webvid")}
+    videos = {k: v for k, v in given.items() if k in VIDEO_SETS}
     run = TableRun(table, scale, out, range(args.seed, args.seed + args.seeds), videos=videos, datasets=given,
               ckpts=parse_ckpts(args.ckpt, all_rows), dist=dist, backbones=args.backbones,
               verbose=args.verbose, stop_after=args.stop_after, stream=stream)
@@ -1175,6 +1207,9 @@ def run_table(run: TableRun, rows: list[Row]) -> int:
         run.console.say(str(stop))
         log_event(run.out, event="stopped", reason=str(stop))
         return 0
+    except StageFailed as err:                           # the data or the clips: nothing can run
+        run.console.say(f"FAILED: {err}")
+        return 1
     if run.dist["node_rank"] != 0:
         return 0
     text = write_table(run, table_records(run, rows, status))

@@ -62,18 +62,21 @@ whole pipeline runs end to end, resumes, and every number is produced by the sam
 full run. What it does not show: any of the paper's numbers or their ordering.
 
 Tiny budget, from the stage times of one `make table1` on a fresh clone on this 2-core machine
-(shared with other jobs; the same stages ran 2-40x slower while other test suites ran beside
-them):
+(2026-11-25, before the pipeline split; shared with other jobs, the same stages ran 2-40x slower
+while other test suites ran beside them):
     | stage                                     | tiny settings                      | wall s   |
     |-------------------------------------------|------------------------------------|----------|
-    | synthetic data (once)                     | 32 + 20 mp4 clips, GOT 32+8+1 seqs | ~10      |
+    | clips of the backbone cache (once)        | 32 + 20 mp4 clips                  | ~5       |
+    | synthetic data (once)                     | GOT 32+8+1 seqs, DAVIS/YT-VOS      | ~5       |
     | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 3000 steps, batch 8, 1 loader proc | ~120-155 |
+    | collapse, x4 (smoke: measured 0-4 s each) | 16 held-out frames                 | ~1-4     |
     | vot_train, x4                             | 50 epochs x 64 pairs, batch 8      | ~25      |
     | vot_val + vot_test, x4                    | 8 + 1 sequences of 24 frames       | ~4       |
     | vos_train, x4                             | 500 iterations, batch 4, 96 px     | ~33-39   |
     | vos_val, x4                               | 3 sequences of 12 frames           | ~2       |
     | total, venv included                      |                                    | ~12 min  |
     Measured end to end: `make table1` on a fresh clone, venv included, 12 min 15 s (2026-11-25).
+A second table, or a rerun with another --out, reuses the three backbones of runs/backbones_tiny.
 The pre-training numbers are `pipeline.BACKBONE_RECIPE` (shared by every table); the fine-tuning
 numbers are `FINETUNE_RECIPE` below.
 """
@@ -188,7 +191,7 @@ def last_checkpoint(folder: Path) -> Path:
 def stage_vot_train(ctx, row: Row) -> dict:
     run, r = ctx.folder(row, "droptrack"), ctx.recipe["vot"]
     cmd = ctx.launcher("tasks/vot.py", train=True) + [
-        "train", "--config", "got10k", "--model", ctx.table_run.backbone_recipe["model"],
+        "train", "--config", "got10k", "--model", ctx.model,
         "--data-path", f"got10k={ctx.data['got10k']}", "--output", str(run), "--resume", "auto",
         "--workers", str(r["workers"]), "--seed", str(ctx.seed), *r["args"]]
     if ctx.backbone(row):
@@ -222,7 +225,7 @@ def stage_vot_test(ctx, row: Row) -> dict:
 def stage_vos_train(ctx, row: Row) -> dict:
     run, r = ctx.folder(row, "dropseg"), ctx.recipe["vos"]
     cmd = ctx.launcher("tasks/vos.py", train=True) + [
-        "train", "--model", ctx.table_run.backbone_recipe["model"], "--data-path", str(ctx.data["davis"]),
+        "train", "--model", ctx.model, "--data-path", str(ctx.data["davis"]),
         "--ytvos-path", str(ctx.data["ytvos"]), "--output", str(run), "--resume", "auto",
         "--workers", str(r["workers"]), "--seed", str(ctx.seed), *r["args"]]
     if ctx.backbone(row):

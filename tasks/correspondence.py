@@ -61,6 +61,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
 from data import normalize  # noqa: E402
+from eval.output import write_atomic  # noqa: E402
 from tasks.vos import (VOID_ID, davis_frames, davis_sequences, read_image, read_mask,  # noqa: E402
                        write_index_png)
 
@@ -264,15 +265,15 @@ def main(argv=None):
     seconds = time.time() - tic
     timing = {"frames": n_frames, "sequences": len(jobs), "seconds": seconds,
               "fps": n_frames / max(seconds, 1e-9), "device": str(device), **vars(args)}
-    (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    write_atomic(out / "timing.json", json.dumps(timing, indent=1) + "\n")
     print(f"label propagation: {n_frames} frames of {len(jobs)} sequences in {seconds:.1f} s "
           f"({timing['fps']:.2f} frames/s on {device})")
     if scorable:
         from eval.davis import evaluate_davis, summary_line, write_outputs
         result = evaluate_davis(args.data_path, out, args.split, 2017)
-        write_outputs(result, out)
         tiny = args.model == "tiny"
         print(summary_line(result) + ("  [tiny model: tiny scale, not comparable with the paper]" if tiny else ""))
+        write_outputs(result, out)                      # after the score is printed, atomically
         return result
     return None
 

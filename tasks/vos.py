@@ -88,6 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
 from data import World, item_generator, normalize, random_resized_crop_box, sample_pair, world_seed  # noqa: E402
 from eval.davis import VOID_ID, read_sequence_list  # noqa: E402
+from eval.output import write_atomic  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -345,18 +346,18 @@ def convert_official_dropseg(state: dict, name: str = "<state dict>") -> tuple[d
     """A released DropSeg state dict -> (our state dict, config {model, size}), by the table
     above. The preset is the one whose encoder and pyramid widths match the file's; the crop
     side is 16 * g from the two-frame table. Raises ValueError naming the file on any key or
-    shape that the table does not expect."""
+    shape that the table does not expect (CheckpointError, a ValueError)."""
     lacking = [k for k in (*OFFICIAL_RENAMED, *OFFICIAL_DROPPED, "pos_embed_two_frame",
                            "patch_embed.proj.weight", "fpn1.3.weight",
                            "stcn_decoder.compress.conv1.weight") if k not in state]
     if lacking:
-        raise ValueError(f"{name}: not a released DropSeg state dict: lacks {lacking}")
+        raise dropmae.CheckpointError(f"{name}: not a released DropSeg state dict: lacks {lacking}")
     D = state["patch_embed.proj.weight"].shape[0]
     two = state["pos_embed_two_frame"]
     n = (two.shape[1] - 1) // 2 if two.dim() == 3 else 0
     g = math.isqrt(n)
     if two.dim() != 3 or two.shape[0] != 1 or two.shape[2] != D or two.shape[1] != 1 + 2 * g * g or g == 0:
-        raise ValueError(f"{name}: pos_embed_two_frame has shape {tuple(two.shape)}, expected "
+        raise dropmae.CheckpointError(f"{name}: pos_embed_two_frame has shape {tuple(two.shape)}, expected "
                          f"(1, 1 + 2*g*g, {D}) (a cls slot, then the g x g table for each frame)")
     c8, c4 = state["fpn2.0.weight"].shape[1], state["fpn1.3.weight"].shape[1]
     c16 = state["stcn_decoder.compress.conv1.weight"].shape[0]
@@ -367,10 +368,10 @@ def convert_official_dropseg(state: dict, name: str = "<state dict>") -> tuple[d
                 "fpn2.0.weight": (D, c8, 2, 2), "fpn2.0.bias": (c8,)}
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
-            raise ValueError(f"{name}: {key} has shape {tuple(state[key].shape)}, expected {shape}")
+            raise dropmae.CheckpointError(f"{name}: {key} has shape {tuple(state[key].shape)}, expected {shape}")
     first, second = two[:, 1:1 + g * g], two[:, 1 + g * g:]
     if not torch.equal(first, second):
-        raise ValueError(f"{name}: the two frames' halves of pos_embed_two_frame differ (DropSeg "
+        raise dropmae.CheckpointError(f"{name}: the two frames' halves of pos_embed_two_frame differ (DropSeg "
                          "freezes one table for both frames); cannot convert exactly")
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     preset = next((p for p, v in VOS_PRESETS.items()
@@ -378,7 +379,7 @@ def convert_official_dropseg(state: dict, name: str = "<state dict>") -> tuple[d
                    and (dropmae.get_config(v["encoder"]).embed_dim,
                         dropmae.get_config(v["encoder"]).depth) == (D, depth)), None)
     if preset is None:
-        raise ValueError(f"{name}: width {D}, {depth} blocks, pyramid {c16}/{c8}/{c4} match no "
+        raise dropmae.CheckpointError(f"{name}: width {D}, {depth} blocks, pyramid {c16}/{c8}/{c4} match no "
                          f"preset of {sorted(VOS_PRESETS)}")
     ours = {OFFICIAL_RENAMED.get(k, k): v for k, v in state.items() if k not in OFFICIAL_DROPPED}
     ours["pos_embed_two_frame"] = first.clone()
@@ -772,7 +773,8 @@ def train(args):
         print(json.dumps(config, indent=1, default=str))
     # model
     model = build_model(args.model, args.size)
-    resume = dropmae.latest_checkpoint(args.output) if args.resume == "auto" else args.resume
+    resume, ckpt = dropmae.resume_checkpoint(args.output, args.resume,
+                                             required=("model", "optimizer", "scaler", "it", "rng"))
     if args.pretrained and not resume:
         load_backbone(args.pretrained, model, verbose=dropmae.is_main())
     model.to(device)
@@ -781,7 +783,6 @@ def train(args):
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     it, epoch = 0, 0
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -998,14 +999,16 @@ def segment_sequence(model, frame_paths: list, targets: list[Target], short_side
 def load_finetuned(path, device) -> tuple[DropSeg, dict]:
     """Our fine-tuned checkpoint, or a released DropSeg file (converted by
     `convert_official_dropseg`) -> (model in eval mode, its config); strict key match."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    official = ckpt.get("network", ckpt) if isinstance(ckpt, dict) else {}
+    ckpt = dropmae.load_checkpoint(path)                  # errors name the file and the problem
+    official = ckpt.get("network", ckpt)                  # <id>_checkpoint.pth: {it, network, ...}
     if is_official_dropseg(official):
         state, config = convert_official_dropseg(official, str(path))
         ckpt = {"model": state, "config": config}
-    config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not config or "model" not in ckpt:
-        raise ValueError(f"{path}: not a tasks/vos.py checkpoint (needs 'model' and 'config')")
+    dropmae.expect_kind(ckpt, ("dropseg",), path, "tasks/vos.py test")
+    config = ckpt["config"]
+    if "model" not in ckpt or config.get("model") not in VOS_PRESETS:
+        raise dropmae.CheckpointError(f"{path}: a DropSeg checkpoint needs a 'model' entry and "
+                                      f"config['model'] in {sorted(VOS_PRESETS)}")
     model = build_model(config["model"], config.get("size"))
     model.load_state_dict(ckpt["model"], strict=True)
     return model.to(device).eval(), config
@@ -1036,7 +1039,7 @@ def inference(args):
     timing = {"frames": n_frames, "sequences": len(jobs), "seconds": seconds,
               "fps": n_frames / max(seconds, 1e-9), "device": str(device), "ckpt": str(args.ckpt),
               "model": config["model"]}
-    (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    write_atomic(out / "timing.json", json.dumps(timing, indent=1) + "\n")
     print(f"{args.dataset}: {n_frames} frames of {len(jobs)} sequences in {seconds:.1f} s "
           f"({timing['fps']:.2f} frames/s on {device})")
     if args.dataset in ("davis17_testdev", "ytvos19_valid"):
@@ -1049,9 +1052,9 @@ def inference(args):
         from eval.davis import evaluate_davis, summary_line, write_outputs
         year = 2016 if args.dataset == "davis16_val" else 2017
         result = evaluate_davis(args.data_path, out, "val", year)
-        write_outputs(result, out)
         tiny = config["model"] == "tiny"
         print(summary_line(result) + ("  [tiny model: tiny scale, not comparable with the paper]" if tiny else ""))
+        write_outputs(result, out)                      # after the score is printed, atomically
     return result
 
 
@@ -1165,10 +1168,12 @@ def parse_args(argv=None):
     tr.add_argument("--lr", type=float, default=2e-5)
     tr.add_argument("--weight-decay", type=float, default=1e-7)
     tr.add_argument("--lr-steps", type=int, nargs="*", default=[125000])
-    tr.add_argument("--lr-gamma", type=float, default=0.1)
+    tr.add_argument("--lr-gamma", type=dropmae.fraction(0, 1, lo_closed=False, hi_closed=True),
+                    default=0.1, help="lr factor at each --lr-steps milestone, in (0, 1]")
     tr.add_argument("--bootstrap-start", type=int, default=20000)
     tr.add_argument("--bootstrap-end", type=int, default=70000)
-    tr.add_argument("--bootstrap-p", type=float, default=0.15)
+    tr.add_argument("--bootstrap-p", type=dropmae.fraction(0, 1, lo_closed=False, hi_closed=True),
+                    default=0.15, help="share of the hardest pixels the loss keeps, in (0, 1]")
     tr.add_argument("--davis-split", default="train", help="ImageSets/2017/<split>.txt")
     tr.add_argument("--davis-repeat", type=int, default=5, help="DAVIS copies in the mix")
     tr.add_argument("--ytvos-subset", default="",
@@ -1208,7 +1213,10 @@ def main(argv=None):
     if args.command == "train":
         return train(args)
     if args.command == "test":
-        return inference(args)
+        try:
+            return inference(args)
+        except (dropmae.CheckpointError, FileNotFoundError) as err:   # names the file
+            raise SystemExit(f"error: {err}") from None
     davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed)
     ytvos = write_synthetic_ytvos(Path(args.out) / "YouTubeVOS", n_frames=args.frames,
                                   seed=args.seed + 1)

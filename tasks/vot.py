@@ -452,29 +452,14 @@ def load_pretrained_backbone(src, model: DropTrack, verbose: bool = True) -> dic
     return report
 
 
-def _torch_load(path, trust_pickle: bool = False) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        if not trust_pickle:
-            raise RuntimeError(f"{path}: cannot load with weights_only=True ({err}); official "
-                               "OSTrack/DropTrack files pickle objects: pass --trust-pickle if you "
-                               "trust this file") from None
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 TINY_TAG = "  [tiny model: tiny scale, not comparable with the paper]"
-
-
-def _encoder_preset(path, trust_pickle: bool = False) -> str | None:
-    """The backbone preset stored in our tracker checkpoint (None for official files)."""
-    ckpt = _torch_load(path, trust_pickle)
-    return ckpt["track"].get("encoder") if "track" in ckpt else None
 
 
 def load_tracker_checkpoint(path, model_name: str | None = None, trust_pickle: bool = False) -> DropTrack:
     """Our training checkpoint or an official DropTrack/OSTrack one -> DropTrack (eval mode)."""
-    ckpt = path if isinstance(path, dict) else _torch_load(path, trust_pickle)
+    ckpt = path if isinstance(path, dict) else dropmae.load_checkpoint(path, trust_pickle)
+    name = "<state dict>" if isinstance(path, dict) else str(path)
+    dropmae.expect_kind(ckpt, ("droptrack", "ostrack"), name, "tasks/vot.py test")
     if "track" in ckpt and "model" in ckpt:
         track = TrackConfig(**{**ckpt["track"], "ce_loc": tuple(ckpt["track"]["ce_loc"])})
         model = DropTrack(track)
@@ -637,9 +622,9 @@ def train(args):
                                                verbose=dropmae.is_main()), lr=cfg["lr"],
                                   weight_decay=cfg["weight_decay"])
     start = 1
-    resume = dropmae.latest_checkpoint(args.output) if args.resume == "auto" else args.resume
+    resume, ckpt = dropmae.resume_checkpoint(args.output, args.resume,
+                                             required=("model", "optimizer", "epoch", "rng"))
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         dropmae.set_rng_state(ckpt["rng"])
@@ -829,12 +814,20 @@ _WORKER = {}
 
 
 def _worker_init(ckpt, model_name, device, threads, amp, trust_pickle):
-    torch.set_num_threads(threads)
-    model = load_tracker_checkpoint(ckpt, model_name, trust_pickle) if not isinstance(ckpt, nn.Module) else ckpt
-    _WORKER["tracker"] = Tracker(model, device, amp)
+    """Build this process's tracker. A pool respawns a worker whose initializer raises, forever,
+    so a failure is kept and raised by the worker's first job instead: the parent gets it once
+    from `imap_unordered` and leaving the `with Pool` block terminates the pool."""
+    try:
+        torch.set_num_threads(threads)
+        model = load_tracker_checkpoint(ckpt, model_name, trust_pickle) if not isinstance(ckpt, nn.Module) else ckpt
+        _WORKER["tracker"] = Tracker(model, device, amp)
+    except Exception as err:                           # re-raised by _worker_run
+        _WORKER["error"] = err
 
 
 def _worker_run(job):
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     seq, fmt, out_dir = job
     boxes, times = track_sequence(_WORKER["tracker"], seq)
     write_sequence_results(fmt, out_dir, seq.name, boxes, times)
@@ -853,6 +846,8 @@ def run_dataset(seqs: list, fmt: str, out_dir, tracker_args: tuple, workers: int
     bar = tqdm(total=len(jobs), desc="sequences", unit="seq")
     if workers <= 1:
         _worker_init(*tracker_args)
+        if "error" in _WORKER:
+            raise _WORKER.pop("error")
         for job in jobs:
             name, n, sec = _worker_run(job)
             bar.set_postfix_str(f"{name} {n / sec:.1f} fps")
@@ -881,24 +876,63 @@ def score_results(dataset: str, out_dir, data_root) -> dict | None:
     return None
 
 
+def file_sha256(path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def claim_results(out_dir: Path, fmt: str, seqs: list, producer: dict) -> None:
+    """Results in out_dir belong to what produced them (`producer`: checkpoint hash and the
+    test settings, kept in `<out_dir>/producer.json`). Finished sequences are reused only when
+    it matches; results of another producer (or of none recorded) are removed, with a message,
+    and tracked again."""
+    record = out_dir / "producer.json"
+    old = json.loads(record.read_text()) if record.is_file() else None
+    done = [s for s in seqs if result_path(fmt, out_dir, s.name).is_file()]
+    if old != producer and done:
+        was = (f"checkpoint {old.get('ckpt')} (sha256 {str(old.get('ckpt_sha256'))[:12]}), "
+               f"settings {({k: v for k, v in old.items() if not k.startswith('ckpt')})}"
+               if old else "an unrecorded checkpoint")
+        print(f"{out_dir}: the {len(done)} finished sequences there were tracked with {was}, not "
+              f"with {producer['ckpt']} (sha256 {producer['ckpt_sha256'][:12]}) and these "
+              f"settings: removing them and tracking again", file=sys.stderr)
+        for s in seqs:
+            result_path(fmt, out_dir, s.name).unlink(missing_ok=True)
+            time_path(fmt, out_dir, s.name).unlink(missing_ok=True)
+    _write_atomic(record, json.dumps(producer, indent=1) + "\n")
+
+
 def test(args):
     make_dataset, fmt = TEST_DATASETS[args.dataset]
     seqs = vd.test_sequences(make_dataset(args.data_path))
     out_root = Path(args.output)
     out_dir = out_root / args.dataset
+    # the checkpoint is read here, before any worker starts: a bad file is one clear error
+    model = load_tracker_checkpoint(args.ckpt, args.model, args.trust_pickle)
+    tiny = model.track.encoder == "tiny"
+    producer = {"ckpt": str(Path(args.ckpt).resolve()), "ckpt_sha256": file_sha256(args.ckpt),
+                "dataset": args.dataset, "model": args.model, "amp": args.amp}
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim_results(out_dir, fmt, seqs, producer)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     threads = max(1, (os.cpu_count() or 1) // max(args.workers, 1)) if device == "cpu" else 1
     if args.workers <= 1:
         threads = torch.get_num_threads()
-    stats = run_dataset(seqs, fmt, out_dir, (args.ckpt, args.model, device, threads, args.amp, args.trust_pickle),
+    source = model if args.workers <= 1 else args.ckpt    # worker processes read the file again
+    stats = run_dataset(seqs, fmt, out_dir, (source, args.model, device, threads, args.amp, args.trust_pickle),
                         args.workers)
+    del model, source
     frames = sum(s["frames"] for s in stats.values())
     seconds = sum(s["seconds"] for s in stats.values())
     summary = {"dataset": args.dataset, "sequences": len(stats), "frames": frames,
                "fps_overall": frames / max(seconds, 1e-12),
                "fps_mean_per_sequence": float(np.mean([s["fps"] for s in stats.values()])),
-               "device": device, "workers": args.workers, "per_sequence": stats}
+               "device": device, "workers": args.workers, "producer": producer,
+               "per_sequence": stats}
     if fmt in ("got10k", "trackingnet"):
         summary["zip"] = str(zip_results(fmt, out_dir, out_root / f"{args.dataset}.zip"))
         server = {"got10k_test": " (upload it to the GOT-10k server)",
@@ -910,9 +944,8 @@ def test(args):
     if scores is not None:
         from eval import sot
         summary["scores"] = {k: v for k, v in scores.items() if not isinstance(v, (list, dict))}
-        tiny = isinstance(args.ckpt, str) and _encoder_preset(args.ckpt, args.trust_pickle) == "tiny"
         print(sot.summary_line(scores) + (TINY_TAG if tiny else ""))
-    (out_root / f"{args.dataset}_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    _write_atomic(out_root / f"{args.dataset}_summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 
@@ -970,7 +1003,10 @@ def main(argv=None):
     if args.command == "train":
         return train(args)
     if args.command == "test":
-        return test(args)
+        try:
+            return test(args)
+        except (dropmae.CheckpointError, FileNotFoundError) as err:   # names the file
+            raise SystemExit(f"error: {err}") from None
     print(vd.write_synthetic(args.out, seed=args.seed, T=args.frames, n_train=args.train_seqs,
                              n_val=args.val_seqs))
 

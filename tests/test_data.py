@@ -87,13 +87,13 @@ def test_stream_with_start_offset(tmp_path):
         assert np.array_equal(np.asarray(img), ref[k]), k
 
 
-def test_frame_past_the_end_falls_back_to_last_frame(clips):
-    """When the wanted frame does not exist (frame count too high), the last decodable frame is
-    returned in its place."""
+def test_frame_past_the_end_is_a_short_video_not_a_stand_in(clips):
+    """A wanted frame past the last one that decodes (frame count too high) raises ShortVideo
+    with the true count; the last frame is never returned in its place (a same-frame pair)."""
     path = clips[1][0]
-    ref = sequential_frames(path)
-    x, z = data.decode_frames(path, [NUM_FRAMES - 1, NUM_FRAMES + 10])
-    assert np.array_equal(np.asarray(x), ref[-1]) and np.array_equal(np.asarray(z), ref[-1])
+    with pytest.raises(data.ShortVideo, match='frame 40 wanted, but only 30 frames decode') as e:
+        data.decode_frames(path, [NUM_FRAMES - 1, NUM_FRAMES + 10])
+    assert e.value.frames == NUM_FRAMES
 
 
 def test_count_frames_without_container_count(tmp_path):
@@ -143,11 +143,11 @@ def test_one_frame_video_gives_same_frame_twice(tmp_path):
     data.encode_clip(str(folder / 'single.mp4'), [frame], fps=FPS)
     ds = data.FramePairDataset('folder', str(folder), input_size=32)
     assert ds.videos == [('single.mp4', 1)]
-    x, z = ds.load_pair(0, torch.Generator().manual_seed(0))
+    x, z, notes = ds.load_pair(0, torch.Generator().manual_seed(0))
     assert np.array_equal(np.asarray(x), np.asarray(z))
     assert np.array_equal(np.asarray(x), sequential_frames(str(folder / 'single.mp4'))[0])
     img_x, img_z, skipped = ds[0]
-    assert img_x.shape == img_z.shape == (3, 32, 32) and skipped == []
+    assert img_x.shape == img_z.shape == (3, 32, 32) and skipped == [] and notes == []
 
 
 # ---------------------------------------------------------------- failures
@@ -356,11 +356,11 @@ def test_synthetic_preset_moves_and_is_deterministic():
     index -> different video; items have the requested size."""
     ds = data.FramePairDataset('synthetic', num_synthetic=4, input_size=32)
     g = torch.Generator().manual_seed(0)
-    x, z = (np.asarray(im) for im in ds.load_pair(3, g))
+    x, z = (np.asarray(im) for im in ds.load_pair(3, g)[:2])
     assert x.shape == (data.SYNTHETIC_SIZE[1], data.SYNTHETIC_SIZE[0], 3) and x.dtype == np.uint8
     again = data.FramePairDataset('synthetic', num_synthetic=4, input_size=32)
     assert all(np.array_equal(a, np.asarray(b))
-               for a, b in zip((x, z), again.load_pair(3, torch.Generator().manual_seed(0))))
+               for a, b in zip((x, z), again.load_pair(3, torch.Generator().manual_seed(0))[:2]))
     assert not np.array_equal(x, z)
     other = np.asarray(ds.load_pair(2, torch.Generator().manual_seed(0))[0])
     assert not np.array_equal(x, other)
@@ -485,7 +485,7 @@ def test_unexpected_error_names_the_video(tmp_path, clips, monkeypatch):
     """A failure that is not a bad video (a bug) is not skipped: a RuntimeError naming the file."""
     ds = data.FramePairDataset('k400', clips[0], input_size=32)
 
-    def broken(path, indices):
+    def broken(path, indices, **kwargs):
         raise ZeroDivisionError('oops')
     monkeypatch.setattr(data, 'decode_frames', broken)
     with pytest.raises(RuntimeError, match=r'class_00/clip_00_001\.mp4: unexpected error .*oops'):

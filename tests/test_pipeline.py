@@ -45,7 +45,8 @@ TOY = textwrap.dedent(f'''
 
     ROWS = [pl.Row("none", "No pre-training"), pl.Row("other", "Other", "X", paper="paper_other")]
     TABLE = pl.Table(
-        name="toy", title="Toy table", paper={{"none": {{"score": 1.5}}, "paper_other": {{"label": "Other X", "score": 2.25}}}},
+        name="toy", title="Toy table",
+        paper={{"none": {{"score": 1.5}}, "paper_other": {{"label": "Other X", "score": 2.25}}}},
         columns=[pl.Column("score", "test"), pl.Column("loss", "test", fmt=".2f")],
         rows={{"full": ROWS, "tiny": ROWS}}, stages=[pl.Stage("train", train, every_node=True), pl.Stage("test", test)],
         recipes={{"full": {{}}, "tiny": {{}}, "smoke": {{}}}}, collapse_check=False)
@@ -164,7 +165,8 @@ def test_full_scale_cells_pair_paper_with_ours_and_no_banner(tmp_path):
     assert "skipped: needs --k400" in text
     assert not pl.format_csv(table, recs, "full").startswith("#")
     assert pl.BANNERS["tiny"] in pl.format_text(table, recs, "tiny")
-    assert "| No pre-training | - | - | same | 62.7 / 60.2 | 69.5 / - | done |" in pl.format_markdown(table, recs, "full")
+    md = pl.format_markdown(table, recs, "full")
+    assert "| No pre-training | - | - | same | 62.7 / 60.2 | 69.5 / - | done |" in md
 
 
 def test_mean_std_over_seeds_skips_missing_values():
@@ -357,3 +359,26 @@ def test_mocov3_rule_takes_the_base_encoder_only():
     assert all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(ValueError, match="module.base_encoder"):
         pl.convert_mocov3({"state_dict": {"encoder.x": torch.ones(1)}}, "bad.pth")
+
+
+def test_ckpt_for_one_of_our_rows_replaces_its_pretraining(tmp_path):
+    """--ckpt dropmae=PATH: the row converts (checks by loading) that file instead of
+    pre-training, and its downstream stages start from it; a foreign row converts by its rule."""
+    torch.manual_seed(0)
+    model = dropmae.DropMAE(dropmae.get_config("tiny"))
+    path = tmp_path / "mine.pth"
+    torch.save({"model": model.state_dict(), "config": vars(model.cfg)}, path)
+    table, rows = _table([pl.Column("AO", "val")], {})
+    run = pl.TableRun(table, "tiny", tmp_path / "out", [0], ckpts={"dropmae": str(path)},
+                      stream=open(os.devnull, "w"))
+    ctx, row = run.seed_run(0), rows[1]
+    assert [s.name for s in ctx.stages(row)] == ["convert"] and ctx.skip_reason(row) is None
+    ctx.stage(row, pl.CONVERT, "[row 2/2]")
+    assert ctx.result(row, "convert")["kind"] == "ours" and ctx.backbone(row) == path.resolve()
+    _, state = _timm_state()
+    torch.save(state, tmp_path / "timm.pth")
+    sup = pl.foreign("sup", "Supervised", "IN1K", 300, "timm")
+    run.ckpts["sup"] = str(tmp_path / "timm.pth")
+    ctx.stage(sup, pl.CONVERT, "[row 3/3]")
+    res = ctx.result(sup, "convert")
+    assert res["rule"] == "timm" and res["dropped"] == ["cls_token"] and ctx.backbone(sup).is_file()

@@ -5,7 +5,11 @@ written in the GOT-10k / LaSOT / TrackingNet / TNL2K / COCO layouts under tmp_pa
 """
 import json
 import math
+import multiprocessing
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import data
 import dropmae
 from tasks import vot
 from tasks import vot_data as vd
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -834,3 +840,61 @@ def test_test_command_got10k_val_two_workers_zip_and_score(synth, tiny_model, tm
     assert 0 <= summary["scores"]["AO"] <= 100
     out = capsys.readouterr().out
     assert "GOT-10k val: AO" in out and "[tiny model: tiny scale, not comparable with the paper]" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad checkpoints and stale results (issue 15, defects 1 and 2)
+# ----------------------------------------------------------------------------------------------
+
+def test_bad_checkpoint_with_two_workers_is_one_error_not_a_hang(synth, tmp_path, monkeypatch):
+    """Defect 1: `test --workers 2` with a truncated checkpoint stops at once with the error
+    naming the file (checked before the pool starts), and a worker whose setup fails ends the
+    pool with that error instead of being respawned forever (in a subprocess with a timeout,
+    so a regression fails instead of hanging)."""
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started before the checkpoint was checked")
+    monkeypatch.setattr(multiprocessing, "get_context", no_pool)
+    with pytest.raises(SystemExit, match=f"error: {bad}: truncated checkpoint"):
+        vot.main(["test", "--dataset", "got10k_val", "--data-path", str(synth["got10k"]), "--ckpt",
+                  str(bad), "--output", str(tmp_path / "res"), "--workers", "2", "--device", "cpu"])
+    monkeypatch.undo()
+    pool = ("import sys; from tasks import vot, vot_data as vd\n"
+            f"seqs = vd.test_sequences(vd.GOT10k({str(synth['got10k'])!r}, 'val'))\n"
+            f"vot.run_dataset(seqs, 'got10k', {str(tmp_path / 'pool')!r}, "
+            f"({str(bad)!r}, None, 'cpu', 1, False, False), workers=2)\n")
+    run = subprocess.run([sys.executable, "-c", pool], cwd=REPO, capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0 and f"{bad}: truncated checkpoint" in run.stderr
+
+
+def test_results_are_keyed_by_the_checkpoint_that_made_them(synth, tiny_model, tmp_path, capsys):
+    """Defect 2: a second `test` with another checkpoint into the same --output does not reuse
+    the first one's boxes: it says so, tracks again and records the new checkpoint; the same
+    checkpoint again reuses them (resume)."""
+    ckpts = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = vot.build_model("tiny")
+        path = tmp_path / f"ckpt{seed}.pth"
+        torch.save({"model": model.state_dict(), "track": vot.dataclasses.asdict(model.track)}, path)
+        ckpts.append(path)
+    argv = ["test", "--dataset", "got10k_val", "--data-path", str(synth["got10k"]), "--output",
+            str(tmp_path / "res"), "--workers", "1", "--device", "cpu", "--ckpt"]
+    first = vot.main(argv + [str(ckpts[0])])
+    box_file = tmp_path / "res" / "got10k_val" / "GOT-10k_Val_000001" / "GOT-10k_Val_000001_001.txt"
+    boxes0 = box_file.read_text()
+    capsys.readouterr()
+    second = vot.main(argv + [str(ckpts[1])])
+    err = capsys.readouterr().err
+    assert "were tracked with checkpoint" in err and f"not with {ckpts[1].resolve()}" in err
+    assert second["producer"]["ckpt_sha256"] == vot.file_sha256(ckpts[1]) != first["producer"]["ckpt_sha256"]
+    saved = json.loads((tmp_path / "res" / "got10k_val_summary.json").read_text())
+    assert saved["producer"]["ckpt"] == str(ckpts[1].resolve())
+    assert box_file.read_text() != boxes0                       # the boxes of checkpoint 1
+    before = box_file.stat().st_mtime_ns
+    vot.main(argv + [str(ckpts[1])])
+    assert "2 of 2 sequences already done" in capsys.readouterr().out
+    assert box_file.stat().st_mtime_ns == before

@@ -97,8 +97,7 @@ def test_masks_boxes_labels_and_visibility_agree():
         seen_absent |= (~visible).any()
     assert seen_partial and seen_absent                 # occlusion / frame edges happen here
     front = data.World(1, SIZE, 6, num_objects=3)
-    _, occluded = front.tracks([[0, y, x] for y, x in zip(*np.nonzero(front.masks(0)[2]))])
-    tracks, _ = front.tracks([[0, y, x] for y, x in zip(*np.nonzero(front.masks(0)[2]))])
+    tracks, occluded = front.tracks([[0, y, x] for y, x in zip(*np.nonzero(front.masks(0)[2]))])
     inside = (tracks[..., 0] >= -0.5) & (tracks[..., 0] < SIZE[0] - 0.5) & \
         (tracks[..., 1] >= -0.5) & (tracks[..., 1] < SIZE[1] - 0.5)
     assert np.array_equal(occluded, ~inside)            # only the frame edge hides it
