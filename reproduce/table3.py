@@ -129,9 +129,8 @@ def stage_vos_train(ctx, row) -> dict:
             raise pl.StageFailed(f"{row.id}/vos_train: needs --{name} (DropSeg trains on DAVIS-17 train + "
                                  "YouTube-VOS 2019 train), or --finetuned to test a trained model")
     run = ctx.folder(row, "dropseg")
-    model = "base" if ctx.scale == "full" else "tiny"
     cmd = ctx.launcher("tasks/vos.py", train=True) + [
-        "train", "--model", model, "--data-path", str(ctx.data["davis"]), "--ytvos-path", str(ctx.data["ytvos"]),
+        "train", "--model", ctx.model, "--data-path", str(ctx.data["davis"]), "--ytvos-path", str(ctx.data["ytvos"]),
         "--output", str(run), "--resume", "auto", "--workers", str(ctx.recipe["workers"]),
         *ctx.recipe["train_args"]]
     if ctx.backbone(row):
