@@ -60,7 +60,7 @@ ROWS = {
 RECIPES = {
     "full": dict(frame_args=[]),                                     # 480p, sides to multiples of 64
     "tiny": dict(frames=12, frame_args=["--short-side", "0", "--multiple", "16"]),
-    "smoke": dict(frames=10, frame_args=["--short-side", "0", "--multiple", "16"]),   # 10: the contexts differ
+    "smoke": dict(frames=12, frame_args=["--short-side", "0", "--multiple", "16"]),   # 12: frames 9-10 see other contexts
 }
 
 
