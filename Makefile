@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 WORKERS ?= 2
 BENCH   := runs/bench
 
-.PHONY: venv test table1 figure-attention table2 table3 table4 figure-p table-correspondence bench bench-pretrain bench-eval bench-vot backbones clips clean
+.PHONY: venv test table1 figure-attention table2 table3 table4 figure-p table-correspondence table-tap bench bench-pretrain bench-eval bench-vot bench-tap backbones clips clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -51,8 +51,13 @@ figure-p: $(STAMP)
 table-correspondence: $(STAMP)
 	$(PYTHON) -m reproduce.table_correspondence $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
+# Tracking any point (tasks/tap.py): initialisation rows on TAP-Vid; tiny synthetic by default,
+# SMOKE=1 for the test suite's scale; full scale: ARGS="--kubric ... --tapvid-davis ..." (README).
+table-tap: $(STAMP)
+	$(PYTHON) -m reproduce.table_tap $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
 # Benchmarks: ratios measured side by side in one run; never timed tests.
-bench: bench-pretrain bench-eval bench-vot
+bench: bench-pretrain bench-eval bench-vot bench-tap
 
 bench-pretrain: $(STAMP)
 	$(PYTHON) -m reproduce.bench_pretrain --out $(BENCH)/pretrain.json
@@ -62,6 +67,9 @@ bench-eval: $(STAMP)
 
 bench-vot: $(STAMP)
 	$(PYTHON) -m reproduce.bench_vot --out $(BENCH)/vot.json
+
+bench-tap: $(STAMP)
+	$(PYTHON) -m reproduce.bench_tap --out $(BENCH)/tap.json
 
 # The shared tiny backbones of every table (image MAE, TwinMAE, DropMAE) pre-trained once into
 # runs/backbones_tiny ahead of the tables (ARGS="--seeds 3" or "--scale smoke"); tables reuse them.

@@ -227,9 +227,14 @@ BACKBONE_RECIPE = {
     # the paper: ViT-B, batch 64 on each of 64 GPUs (accum keeps 4096 on fewer), dropmae.py's
     # official defaults for everything else; the row gives the epochs
     "full": dict(model="base", batch=64, paper_gpus=64, workers=10),
-    # tiny: 32 clips of 4 classes (held-out: 20 clips), 750 epochs x 4 iterations = 3000 steps
-    "tiny": dict(model="tiny", clips=dict(train=(4, 8), val=(4, 5)), batch=8, epochs=750,
-                 warmup=20, lr=1.5e-3, workers=1, log_every=50),
+    # tiny: 256 clips of 8 classes (held-out: 20 clips), 94 epochs x 32 iterations = 3008 steps.
+    # lr: the paper's linear rule (blr 1.5e-4 x 8 / 256 = 4.7e-6) barely moves a model in 3000
+    # steps; Adam's square-root rule from the paper's (batch 4096, lr 2.4e-3) gives 1.1e-4 at
+    # batch 8, and we use 1.5e-4. Measured on the synthetic world (DropMAE, 3008 steps, 16
+    # held-out frames): token cosine 0.87 at 1.5e-4 against 0.95 at the old 1.5e-3 (random init
+    # 0.83), final loss 0.565 vs 0.532. 32 clips x 750 epochs memorised the clips.
+    "tiny": dict(model="tiny", clips=dict(train=(8, 32), val=(4, 5)), batch=8, epochs=94,
+                 warmup=3, lr=1.5e-4, workers=1, log_every=50),
     # smoke: 4 clips, 2 epochs x 2 iterations
     "smoke": dict(model="tiny", clips=dict(train=(2, 2), val=(2, 1)), batch=2, epochs=2,
                   warmup=1, lr=1.5e-3, workers=0, log_every=1),

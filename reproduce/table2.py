@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from reproduce import pipeline as pl  # noqa: E402
+from reproduce import table1  # noqa: E402
 from reproduce.table3 import split_finetuned, without_backbone  # noqa: E402
 
 PAPER = {
@@ -87,15 +88,18 @@ ROWS = {
              pl.pretrained("ostrack_full", "OSTrack (MAE 1 frame, all data)", "k400", image_mae=True)],
 }
 
-_TINY_VOT = ["--epochs", "50", "--samples-per-epoch", "64", "--batch-size", "8", "--val-every", "0"]
-_SMOKE_VOT = ["--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4", "--val-every", "0"]
-RECIPES = {
-    "full": dict(model="base", train_args=[], workers=8, test_workers=4),   # the official recipes
-    "tiny": dict(model="tiny", synth=dict(train=32, val=8, frames=24), src=dict(train=8, val=4),
-                 train_args=_TINY_VOT, workers=0, test_workers=1),
-    "smoke": dict(model="tiny", synth=dict(train=4, val=2, frames=20), src=dict(train=2, val=2),
-                  train_args=_SMOKE_VOT, workers=0, test_workers=1),
-}
+def _recipe(scale: str) -> dict:
+    """Table 1's DropTrack recipe of the scale (epochs, pairs, batch; tiny / smoke: its synthetic
+    GOT-10k sizes), and the second synthetic folder the other benchmarks are re-laid out from."""
+    t1 = table1.FINETUNE_RECIPE[scale]
+    out = dict(model="base" if scale == "full" else "tiny", train_args=t1["vot"]["args"],
+               epochs=t1["vot"]["epochs"], workers=t1["vot"]["workers"], test_workers=t1["vot_test_workers"])
+    if scale != "full":
+        out.update(synth=t1["vot_synth"], src={"tiny": dict(train=8, val=4), "smoke": dict(train=2, val=2)}[scale])
+    return out
+
+
+RECIPES = {s: _recipe(s) for s in ("full", "tiny", "smoke")}         # full: the official recipes
 TEST_DATA = {"got10k_val": "got10k", "got10k_test": "got10k", "lasot": "lasot", "lasot_ext": "lasot_ext",
              "tnl2k": "tnl2k", "trackingnet": "trackingnet"}
 
@@ -203,7 +207,7 @@ def stage_vot_train(ctx, row) -> dict:
         "--workers", str(ctx.recipe["workers"]), *ctx.recipe["train_args"]]
     if ctx.backbone(row):
         cmd += ["--pretrained", str(ctx.backbone(row))]
-    epochs = int(ctx.recipe["train_args"][1]) if ctx.recipe["train_args"] else (100 if recipe == "got10k" else 300)
+    epochs = ctx.recipe["epochs"] if ctx.scale != "full" else (100 if recipe == "got10k" else 300)
     ctx.run(cmd, progress=pl.Progress(r'^\{"epoch": (\d+)', total=epochs))
     import dropmae
     return {"checkpoint": ctx.rel(dropmae.latest_checkpoint(run)), "recipe": recipe}

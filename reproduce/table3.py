@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from reproduce import pipeline as pl  # noqa: E402
+from reproduce import table1  # noqa: E402
 
 PAPER = {"dropseg": {"label": "DropSeg (DropMAE K700 800E)", "D16_JF": 92.1, "D16_J": 90.9,
                      "D16_F": 93.3, "D17_JF": 83.0, "D17_J": 80.2, "D17_F": 85.7}}
@@ -62,15 +63,16 @@ ROWS = {
     "tiny": pl.tiny_rows({"dropmae": "dropseg"}, ids=("dropmae",)),
 }
 
-RECIPES = {
-    "full": dict(train_args=[], workers=8, resolution=480),           # DropSeg's: 210k iterations
-    "tiny": dict(frames=12, workers=0, resolution=0, train_args=[
-        "--iterations", "500", "--batch-size", "4", "--size", "96", "--lr", "1e-4", "--lr-steps", "400",
-        "--bootstrap-start", "150", "--bootstrap-end", "350", "--print-freq", "50", "--save-every", "250"]),
-    "smoke": dict(frames=4, workers=0, resolution=0, train_args=[
-        "--iterations", "2", "--batch-size", "2", "--size", "64", "--lr", "1e-4", "--print-freq", "1",
-        "--save-every", "2"]),
-}
+def _recipe(scale: str) -> dict:
+    """Table 1's DropSeg recipe of the scale (tiny / smoke: its synthetic DAVIS / YouTube-VOS sizes)."""
+    t1 = table1.FINETUNE_RECIPE[scale]
+    out = dict(train_args=t1["vos"]["args"], workers=t1["vos"]["workers"], resolution=480 if scale == "full" else 0)
+    if scale != "full":
+        out.update(frames=t1["vos_frames"], vos_synth=t1["vos_synth"])
+    return out
+
+
+RECIPES = {s: _recipe(s) for s in ("full", "tiny", "smoke")}         # full: DropSeg's, 210k iterations
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,8 +116,10 @@ def make_data(ctx, row) -> dict:
     """Synthetic DAVIS-2017 (with the 2016 lists) and YouTube-VOS 2019 layouts; test-dev lists
     the val sequences (the test-dev reader opens only their first-frame annotations)."""
     out = ctx.folder(row, "vos")
-    ctx.run([sys.executable, "tasks/vos.py", "synthetic", "--out", str(out), "--frames",
-             str(ctx.recipe["frames"])])
+    v = ctx.recipe["vos_synth"]
+    ctx.run([sys.executable, "tasks/vos.py", "synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
+             "--davis-train", str(v["davis_train"]), "--davis-val", str(v["davis_val"]),
+             "--ytvos-videos", str(v["ytvos"])])
     davis = out / "DAVIS"
     sets = davis / "ImageSets" / "2017"
     (sets / "test-dev.txt").write_text((sets / "val.txt").read_text())

@@ -57,16 +57,18 @@ ROWS = {
     "tiny": pl.tiny_rows(),
 }
 
+_OWN_SIZE = ["--short-side", "0", "--multiple", "16"]                # the synthetic frames' own size
 RECIPES = {
     "full": dict(frame_args=[]),                                     # 480p, sides to multiples of 64
-    "tiny": dict(frames=12, frame_args=["--short-side", "0", "--multiple", "16"]),
-    "smoke": dict(frames=12, frame_args=["--short-side", "0", "--multiple", "16"]),   # 12: frames 9-10 see other contexts
+    "tiny": dict(frames=12, davis_val=12, frame_args=_OWN_SIZE),      # Table 1's tiny DAVIS val
+    "smoke": dict(frames=12, davis_val=2, frame_args=_OWN_SIZE),      # 12: frames 9-10 see other contexts
 }
 
 
 def make_data(ctx, row) -> dict:
     out = ctx.folder(row, "vos")
-    ctx.run([sys.executable, "tasks/vos.py", "synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"])])
+    ctx.run([sys.executable, "tasks/vos.py", "synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
+             "--davis-train", "1", "--davis-val", str(ctx.recipe["davis_val"]), "--ytvos-videos", "1"])
     return {"paths": {"davis": str(out / "DAVIS")}}
 
 

@@ -1092,13 +1092,19 @@ def synthetic_clip(seed_parts, n_frames: int = 6, size=(64, 96), n_objects: int 
 
 
 def write_synthetic_davis(root, sequences=("blobs-a", "blobs-b", "blobs-c"), n_frames: int = 6,
-                          size=(64, 96), seed: int = 0, **world) -> Path:
+                          size=(64, 96), seed: int = 0, val_sequences=None, **world) -> Path:
     """A DAVIS-2017 trainval-layout folder: JPEGImages/480p, Annotations/480p (DAVIS palette),
-    ImageSets/2017 and 2016 {train,val}.txt listing every sequence; each sequence a
-    `synthetic_clip` of frames (H, W) = size, stream ("davis", seed, name), knobs `world`."""
+    ImageSets/2017 and 2016 {train,val}.txt; each sequence a `synthetic_clip` of frames
+    (H, W) = size, stream ("davis", seed, name), knobs `world`. With `val_sequences`, train.txt
+    lists `sequences` and val.txt `val_sequences` (disjoint, as the official split); without,
+    both list `sequences` (the unit tests' one-folder form)."""
     root = Path(root)
     palette = davis_palette()
-    for seq in sequences:
+    splits = ({"train": list(sequences), "val": list(sequences)} if val_sequences is None else
+              {"train": list(sequences), "val": list(val_sequences)})
+    if set(splits["train"]) & set(splits["val"]) and val_sequences is not None:
+        raise ValueError(f"DAVIS train and val sequences overlap: {sorted(set(splits['train']) & set(splits['val']))}")
+    for seq in dict.fromkeys(splits["train"] + splits["val"]):
         frames, ids = synthetic_clip(("davis", seed, seq), n_frames, size, **world)
         for t in range(n_frames):
             (root / "JPEGImages" / "480p" / seq).mkdir(parents=True, exist_ok=True)
@@ -1108,7 +1114,7 @@ def write_synthetic_davis(root, sequences=("blobs-a", "blobs-b", "blobs-c"), n_f
     for year in ("2016", "2017"):
         (root / "ImageSets" / year).mkdir(parents=True, exist_ok=True)
         for split in ("train", "val"):
-            (root / "ImageSets" / year / f"{split}.txt").write_text("\n".join(sequences) + "\n")
+            (root / "ImageSets" / year / f"{split}.txt").write_text("\n".join(splits[split]) + "\n")
     return root
 
 
@@ -1205,6 +1211,11 @@ def parse_args(argv=None):
     sy.add_argument("--out", required=True)
     sy.add_argument("--frames", type=int, default=12)
     sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--davis-train", type=int, default=3,
+                    help="DAVIS train sequences (train-000, ...)")
+    sy.add_argument("--davis-val", type=int, default=3,
+                    help="DAVIS val sequences (val-000, ...), disjoint from the train ones")
+    sy.add_argument("--ytvos-videos", type=int, default=2, help="YouTube-VOS train (and valid) videos")
     return parser.parse_args(argv)
 
 
@@ -1217,9 +1228,14 @@ def main(argv=None):
             return inference(args)
         except (dropmae.CheckpointError, FileNotFoundError) as err:   # names the file
             raise SystemExit(f"error: {err}") from None
-    davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed)
+    for flag in ("davis_train", "davis_val", "ytvos_videos"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed,
+                                  sequences=[f"train-{i:03d}" for i in range(args.davis_train)],
+                                  val_sequences=[f"val-{i:03d}" for i in range(args.davis_val)])
     ytvos = write_synthetic_ytvos(Path(args.out) / "YouTubeVOS", n_frames=args.frames,
-                                  seed=args.seed + 1)
+                                  seed=args.seed + 1, videos=[f"vid{i}" for i in range(args.ytvos_videos)])
     print(f"wrote {davis} and {ytvos}")
 
 

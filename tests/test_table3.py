@@ -56,7 +56,8 @@ def test_smoke_table_and_submissions(smoke):
     seqs = (davis / "ImageSets" / "2017" / "test-dev.txt").read_text().split()
     expected = [f"{s}/{p.stem}.png" for s in seqs for p in sorted((davis / "JPEGImages" / "480p" / s).glob("*.jpg"))]
     names = zipfile.ZipFile(row / "davis17_testdev" / "submission.zip").namelist()
-    assert len(seqs) == 3 and sorted(names) == sorted(expected) and len(names) == 3 * 4
+    n_val, frames = t3.RECIPES["smoke"]["vos_synth"]["davis_val"], t3.RECIPES["smoke"]["frames"]
+    assert len(seqs) == n_val and sorted(names) == sorted(expected) and len(names) == n_val * frames
     yt = zipfile.ZipFile(row / "ytvos19_valid" / "submission.zip").namelist()
     assert yt and all(n.startswith("Annotations/") for n in yt)
     assert "92.1 / " in stdout and "submission folders and zips" in stdout
