@@ -26,7 +26,7 @@ grows with the videos per epoch: about 160 h for MiT's 802k videos), plus per ba
 GOT-10k recipe (~6 h on 4 A100s) and DropSeg (210k iterations on 8 GPUs).
 
 Commands:
-    make table4                      # tiny synthetic scale, ~15 min on 2 cores
+    make table4                      # tiny synthetic scale, ~16 min on 2 cores (est.)
     make table4 SMOKE=1              # smoke scale (the test suite's)
     NNODES=8 NPROC=8 NODE_RANK=<i> MASTER_ADDR=<node 0> python -m reproduce.table4 \\
         --k400 /data/k400/train --k600 /data/k600/train --k700 /data/k700/train \\
@@ -36,7 +36,9 @@ Commands:
 Tiny scale: each source gets its own synthetic clips in its official layout (K600 / K700:
 <root>/<class>/, MiT: <root>/training/<class>/, WebVid: videos anywhere under <root>) with
 known counts (TINY_SOURCES), K400 the shared backbones' clips; the numbers are labelled tiny
-scale wherever printed.
+scale wherever printed. Every row runs the recipe's epochs, so a source with fewer clips gets
+fewer steps (at tiny scale 16 clips against K400's 256): the tiny rows do not compare sources,
+they show that each layout is read, counted, pre-trained on and scored.
 """
 from __future__ import annotations
 
