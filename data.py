@@ -75,9 +75,11 @@ Used by `dropmae.py pretrain` as:
 `persistent_workers=True` (persistent workers keep their own copy of the dataset and its epoch).
 """
 import argparse
+import ast
 import bisect
 import collections
 import dataclasses
+import inspect
 import json
 import math
 import multiprocessing
@@ -598,6 +600,19 @@ def world_seed(*parts):
     return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
 
 
+def world_knob(text):
+    """A command-line `--world KEY=VALUE` -> (key, value) for World(**knobs); VALUE is a Python
+    literal (0.02, 3, (0.1, 0.2), False). Unknown keys and bad values are errors naming them."""
+    key, sep, value = text.partition('=')
+    knobs = [p for p in inspect.signature(World).parameters if p not in ('seed', 'size', 'num_frames', 'sprites')]
+    if not sep or key not in knobs:
+        raise argparse.ArgumentTypeError(f'--world wants KEY=VALUE with KEY one of {knobs}, got {text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f'--world {key}: {value!r} is not a Python literal') from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Texture:
     """An RGB texture of continuous coordinates q (pixels): base + sum_n amp[n] cos(2 pi
@@ -684,7 +699,7 @@ def _random_sprite(rng, size, speed, spin, zoom, sprite_size, max_freq, shapes):
     swing = rng.uniform(0.1, 0.6, 2) * (w, h)
     omega = v * np.abs([np.cos(direction), np.sin(direction)]) / swing
     # the texture: screen frequencies stay <= max_freq down to the smallest scale exp(-z)
-    texture = _random_texture(rng, rng.uniform(40, 215, 3), 6, max_freq * math.exp(-z), 30,
+    texture = _random_texture(rng, rng.uniform(30, 225, 3), 6, max_freq * math.exp(-z), 25,
                               grating=rng.uniform(25, 50))
     return Sprite(kind, (r * aspect, r / aspect), texture,
                   centre=tuple(rng.uniform(0.15, 0.85, 2) * (w, h)), swing=tuple(swing),
@@ -727,7 +742,8 @@ class World:
             raise ValueError(f'World: shapes must be some of {SPRITE_SHAPES}, got {shapes}')
         rng = np.random.default_rng(seed)
         self.size, self.num_frames = (w, h), int(num_frames)
-        self.background = _random_texture(rng, rng.uniform(70, 185, 3), 12, max_freq, 55)
+        # the background: smoother (half the band) and of lower contrast than the sprites
+        self.background = _random_texture(rng, rng.uniform(70, 185, 3), 12, max_freq / 2, 35)
         L = max(w, h)
         heading = rng.uniform(0, 2 * np.pi)
         cam_v = pan_speed * L * rng.uniform(0.3, 1.0) * np.array([np.cos(heading), np.sin(heading)])
@@ -1222,6 +1238,8 @@ def main(argv=None):
     p.add_argument('--fps', type=int, default=15)
     p.add_argument('--size', type=_parse_size, default=(160, 120), help='WxH')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--world', type=world_knob, action='append', default=[], metavar='KEY=VALUE',
+                   help='a knob of the synthetic World, e.g. speed=0.02 (repeatable)')
     p.add_argument('--codec', choices=['libx264', 'mpeg4'], default=None,
                    help='default libx264 when PyAV has it (B-frames, like most Kinetics files); '
                         'mpeg4 gives the same bytes on every run, which libx264 here does not')
@@ -1239,7 +1257,7 @@ def main(argv=None):
     if args.command == 'make-clips':
         t0 = time.perf_counter()
         paths = write_synthetic_clips(args.out, args.classes, args.per_class, args.seconds,
-                                      args.fps, args.size, args.seed, args.codec)
+                                      args.fps, args.size, args.seed, args.codec, **dict(args.world))
         codec = args.codec or ('libx264' if 'libx264' in av.codecs_available else 'mpeg4')
         print(f'wrote {len(paths)} clips ({codec}, {args.size[0]}x{args.size[1]}, '
               f'{round(args.seconds * args.fps)} frames) to {args.out} '

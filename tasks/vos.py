@@ -86,7 +86,8 @@ from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dropmae  # noqa: E402
-from data import World, item_generator, normalize, random_resized_crop_box, sample_pair, world_seed  # noqa: E402
+from data import (World, item_generator, normalize, random_resized_crop_box, sample_pair,  # noqa: E402
+                  world_knob, world_seed)
 from eval.davis import VOID_ID, read_sequence_list  # noqa: E402
 from eval.output import write_atomic  # noqa: E402
 
@@ -1070,6 +1071,7 @@ def synthetic_clip(seed_parts, n_frames: int = 6, size=(64, 96), n_objects: int 
     front-most object also drifts sideways, out through the nearer side edge by the last frame.
     -> frames (T, H, W, 3) uint8, ids (T, H, W) uint8 (k + 1 = object k, later ones in front)."""
     H, W = size
+    n_objects = world.pop("num_objects", n_objects)
     if leaving and n_frames < 2:
         raise ValueError(f"an object can leave the frame only in a clip of >= 2 frames, got {n_frames}")
     for a in range(attempts):
@@ -1216,6 +1218,8 @@ def parse_args(argv=None):
     sy.add_argument("--davis-val", type=int, default=3,
                     help="DAVIS val sequences (val-000, ...), disjoint from the train ones")
     sy.add_argument("--ytvos-videos", type=int, default=2, help="YouTube-VOS train (and valid) videos")
+    sy.add_argument("--world", type=world_knob, action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob of the synthetic data.World, e.g. speed=0.05 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -1233,9 +1237,11 @@ def main(argv=None):
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     davis = write_synthetic_davis(Path(args.out) / "DAVIS", n_frames=args.frames, seed=args.seed,
                                   sequences=[f"train-{i:03d}" for i in range(args.davis_train)],
-                                  val_sequences=[f"val-{i:03d}" for i in range(args.davis_val)])
+                                  val_sequences=[f"val-{i:03d}" for i in range(args.davis_val)],
+                                  **dict(args.world))
     ytvos = write_synthetic_ytvos(Path(args.out) / "YouTubeVOS", n_frames=args.frames,
-                                  seed=args.seed + 1, videos=[f"vid{i}" for i in range(args.ytvos_videos)])
+                                  seed=args.seed + 1, videos=[f"vid{i}" for i in range(args.ytvos_videos)],
+                                  **dict(args.world))
     print(f"wrote {davis} and {ytvos}")
 
 

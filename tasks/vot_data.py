@@ -553,8 +553,8 @@ def synthetic_sequence(seed_parts, T: int = 24, size=(160, 120), attempts: int =
 
     The target is one sprite of `World(world_seed(*seed_parts, a), size, T, **world)` for the
     first attempt a = 0, 1, ... that has a sprite at least half visible at frame 0 and visible in
-    at least half of the frames; of those sprites, the rear-most (the others are distractors, and
-    occluders when they pass in front). Returns frames (T, H, W, 3) uint8, boxes (T, 4) float64 (the
+    at least half of the frames; of those sprites, the one with the largest mean visible fraction
+    (the others are distractors, and occluders when they pass in front). Returns frames (T, H, W, 3) uint8, boxes (T, 4) float64 (the
     visible extent [x, y, w, h]; NaN where the target is not visible), visible_fraction (T,)
     (visible pixels / its whole area) and in_view (T,) bool (some pixel of its whole shape lies
     in the frame, occluders ignored).
@@ -566,7 +566,7 @@ def synthetic_sequence(seed_parts, T: int = 24, size=(160, 120), attempts: int =
         fraction = np.stack([w.visible_fraction(t) for t in range(T)])          # (T, K)
         ok = (fraction[0] >= 0.5) & (2 * (fraction > 0).sum(0) >= T)
         if ok.any():
-            k = int(np.flatnonzero(ok)[0])
+            k = int(np.argmax(np.where(ok, fraction.mean(0), -1.0)))
             boxes = np.stack([w.boxes(t)[k] for t in range(T)])
             in_view = np.array([w.in_view(t)[k] for t in range(T)])
             return w.video(), boxes, fraction[:, k], in_view

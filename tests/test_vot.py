@@ -484,13 +484,14 @@ def _plain(rgb):
 
 
 def test_synthetic_labels_of_a_known_occlusion_and_exit(tmp_path):
-    """A 13x13 square (rect, radii 6) at x = 20 + 12 t, y = 32 behind a static 21x41 rect at
-    x 34..54, y 12..52, in 96x64 frames: frame 0 all visible (169 px of area 144: cover 8),
+    """A 13x13 square (rect, radii 6) at x = 20 + 12 t, y = 32 behind a static rect at x 34..54
+    taller than the 96x64 frame (radii 10, 80: 1344 of its 3200 px in view, 0.42 < 0.5, so the
+    square is the only target candidate): frame 0 all visible (169 px of area 144: cover 8),
     frames 1 and 3 with 5 of 13 columns covered (104 / 144 -> cover ceil(5.8) = 6), frame 2 all
     covered (full occlusion, cover 0, in view), frame 6 with 10 columns in the frame
     (130 / 144 -> cover 8), frames 7-9 out of view (x - 6 > 95). Defect 15: any length works."""
     target = data.Sprite("rect", (6.0, 6.0), _plain((220, 40, 40)), centre=(20.0, 32.0), velocity=(12.0, 0.0))
-    occluder = data.Sprite("rect", (10.0, 20.0), _plain((40, 40, 220)), centre=(44.0, 32.0))
+    occluder = data.Sprite("rect", (10.0, 80.0), _plain((40, 40, 220)), centre=(44.0, 32.0))
     out = vd.write_synthetic(tmp_path, T=10, size=(96, 64), n_train=1, n_val=0, n_test=0,
                              sprites=[target, occluder])
     seq = out["got10k"] / "train" / "GOT-10k_Train_000001"

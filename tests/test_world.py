@@ -49,7 +49,7 @@ def test_frame_warped_by_the_exact_flow_matches_the_other_frame():
             err, used = warp_error(world, t, s)
             assert err < 1.0 and used > 0.5, (seed, t, s, err, used)
         still, _ = warp_error(world, 0, 11, flow=np.zeros(SIZE[::-1] + (2,), np.float32))
-        assert still > 5.0, still
+        assert still > 2.0, still
 
 
 def test_tracks_are_the_query_moved_by_the_flow():
@@ -148,3 +148,15 @@ def test_same_seed_same_arrays_other_seed_other_scene():
         a.frame(8)
     with pytest.raises(ValueError, match='max_freq'):
         data.World(0, SIZE, 8, max_freq=0.6)
+
+
+def test_world_knobs_from_the_command_line():
+    """`--world KEY=VALUE` (make-clips, tasks/vot.py synth, tasks/vos.py synthetic): a Python
+    literal per knob of World; unknown keys and non-literals are errors naming them."""
+    import argparse
+    assert data.world_knob('speed=0.02') == ('speed', 0.02)
+    assert data.world_knob('sprite_size=(0.1, 0.2)') == ('sprite_size', (0.1, 0.2))
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY one of .*'speed'.*got 'sped=1'"):
+        data.world_knob('sped=1')
+    with pytest.raises(argparse.ArgumentTypeError, match="--world speed: 'fast' is not a Python literal"):
+        data.world_knob('speed=fast')
