@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 WORKERS ?= 2
 BENCH   := runs/bench
 
-.PHONY: venv test table1 figure-attention table-tap bench bench-pretrain bench-eval bench-vot bench-tap backbones clips clean
+.PHONY: venv test table1 figure-attention table2 table3 table4 figure-p table-correspondence table-tap bench bench-pretrain bench-eval bench-vot bench-tap backbones clips clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -33,6 +33,23 @@ table1: $(STAMP)
 # The attention figure: within/between-frame decoder attention, TwinMAE vs DropMAE.
 figure-attention: $(STAMP)
 	$(PYTHON) -m reproduce.table1 --figure-attention $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+# The other tables and figures, each one reproduce/*.py on reproduce/pipeline.py, with the same
+# SMOKE=1 / ARGS as table1 (paths, hardware and times: README "Reproducing the paper").
+table2: $(STAMP)
+	$(PYTHON) -m reproduce.table2 $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+table3: $(STAMP)
+	$(PYTHON) -m reproduce.table3 $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+table4: $(STAMP)
+	$(PYTHON) -m reproduce.table4 $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+figure-p: $(STAMP)
+	$(PYTHON) -m reproduce.figure_p $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
+
+table-correspondence: $(STAMP)
+	$(PYTHON) -m reproduce.table_correspondence $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
 # Tracking any point (tasks/tap.py): initialisation rows on TAP-Vid; tiny synthetic by default,
 # SMOKE=1 for the test suite's scale; full scale: ARGS="--kubric ... --tapvid-davis ..." (README).

@@ -9,7 +9,8 @@ The file reads top to bottom along the data flow:
   1. model: the ViT over [reference tokens (RGB + mask patch embedding + `_z` frame vector),
      query tokens (RGB + `_x` frame vector)], one frozen spatial table shared by both frames,
      the ViTDet-style pyramid from the last layer, the STCN decoder, STM soft aggregation;
-  2. checkpoint import (DropMAE / MAE / our pre-training files) with the expected key table;
+  2. checkpoint import (DropMAE / MAE / our pre-training files) with the expected key table,
+     and the conversion of released fine-tuned DropSeg files (their key table);
   3. schedules and the bootstrapped cross-entropy, pure functions of the iteration;
   4. datasets in the official layouts (DAVIS 2016/2017, YouTube-VOS 2019), pair sampling and
      the augmentations (PIL + torch; no torchvision);
@@ -42,6 +43,9 @@ Commands:
         --ckpt runs/dropseg/checkpoint-210000.pth --output runs/dropseg/davis16_val
     python tasks/vos.py test --dataset davis17_testdev --data-path DAVIS2017_testdev ...
     python tasks/vos.py test --dataset ytvos19_valid --data-path YouTubeVOS2019 ...
+    # a released DropSeg file (github jimmy-dq/DropSeg, bare state dict) loads as it is:
+    python tasks/vos.py test --dataset davis17_val --data-path DAVIS2017_trainval \
+        --ckpt <id>_210000.pth --output runs/dropseg_released/davis17_val
 
 Layouts read:
   DAVIS (2017 trainval or test-dev): JPEGImages/480p/<seq>/<frame>.jpg,
@@ -303,6 +307,84 @@ def load_backbone(src, model: DropSeg, verbose: bool = True) -> dict:
     report = dropmae.load_pretrained(src, model, expect_missing=new_keys(model), verbose=verbose)
     model.freeze_two_frame_table()
     return report
+
+
+# Released fine-tuned DropSeg files (github jimmy-dq/DropSeg: `<id>_210000.pth`, the bare
+# state dict of its timm-0.3.2 `VisionTransformer` subclass, which its eval scripts load with
+# strict=True; or `<id>_checkpoint.pth` = {it, network, optimizer, scheduler}) -> our keys.
+# g = training grid (24 for 384 crops), D = width (768), c8 / c4 = pyramid widths (512 / 256):
+#   | official key (shape)                         | ours                    | rule              |
+#   |----------------------------------------------|-------------------------|-------------------|
+#   | patch_embed, blocks.*, norm, pos_embed        | same                    | as is             |
+#   |   (1, 1+14*14, D), temporal_pos_embed_x / _z |                         |                   |
+#   | mask_patch_embed.proj.*, stcn_decoder.*       | same                    | as is (STCN names)|
+#   | fpn1.0.*, fpn1.3.* (ConvTranspose2d)          | same                    | as is             |
+#   | fpn1.1.ln.{weight,bias} (D,)                  | fpn1.1.{weight,bias}    | their Norm2d wraps|
+#   |                                              |                         | an nn.LayerNorm   |
+#   | fpn2.0.{weight (D, c8, 2, 2), bias}           | fpn2.{weight,bias}      | their fpn2 is a   |
+#   |                                              |                         | 1-layer Sequential|
+#   | pos_embed_two_frame (1, 1 + 2*g*g, D)         | pos_embed_two_frame     | cls slot dropped; |
+#   |                                              |   (1, g*g, D)           | the two frames'   |
+#   |                                              |                         | copies must match |
+#   | pos_embed_three_frame (1, 1 + 3*g*g, D)       | -                       | dropped: 2-memory |
+#   |                                              |                         | frames, never used|
+#   | cls_token (1,1,D), head.* (1000, D), fc_norm.*| -                       | dropped: unused by|
+#   |                                              |                         | the segmentation  |
+# Every other key must be one of ours with our shape (the strict load in `load_finetuned`).
+
+OFFICIAL_RENAMED = {"fpn1.1.ln.weight": "fpn1.1.weight", "fpn1.1.ln.bias": "fpn1.1.bias",
+                    "fpn2.0.weight": "fpn2.weight", "fpn2.0.bias": "fpn2.bias"}
+OFFICIAL_DROPPED = ("cls_token", "head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias",
+                    "pos_embed_three_frame")
+
+
+def is_official_dropseg(state: dict) -> bool:
+    """A released DropSeg state dict (its pyramid is named `fpn2.0.*`)."""
+    return "fpn2.0.weight" in state
+
+
+def convert_official_dropseg(state: dict, name: str = "<state dict>") -> tuple[dict, dict]:
+    """A released DropSeg state dict -> (our state dict, config {model, size}), by the table
+    above. The preset is the one whose encoder and pyramid widths match the file's; the crop
+    side is 16 * g from the two-frame table. Raises ValueError naming the file on any key or
+    shape that the table does not expect (CheckpointError, a ValueError)."""
+    lacking = [k for k in (*OFFICIAL_RENAMED, *OFFICIAL_DROPPED, "pos_embed_two_frame",
+                           "patch_embed.proj.weight", "fpn1.3.weight",
+                           "stcn_decoder.compress.conv1.weight") if k not in state]
+    if lacking:
+        raise dropmae.CheckpointError(f"{name}: not a released DropSeg state dict: lacks {lacking}")
+    D = state["patch_embed.proj.weight"].shape[0]
+    two = state["pos_embed_two_frame"]
+    n = (two.shape[1] - 1) // 2 if two.dim() == 3 else 0
+    g = math.isqrt(n)
+    if two.dim() != 3 or two.shape[0] != 1 or two.shape[2] != D or two.shape[1] != 1 + 2 * g * g or g == 0:
+        raise dropmae.CheckpointError(f"{name}: pos_embed_two_frame has shape {tuple(two.shape)}, expected "
+                         f"(1, 1 + 2*g*g, {D}) (a cls slot, then the g x g table for each frame)")
+    c8, c4 = state["fpn2.0.weight"].shape[1], state["fpn1.3.weight"].shape[1]
+    c16 = state["stcn_decoder.compress.conv1.weight"].shape[0]
+    expected = {"cls_token": (1, 1, D), "fc_norm.weight": (D,), "fc_norm.bias": (D,),
+                "head.weight": (state["head.bias"].shape[0], D),
+                "pos_embed_three_frame": (1, 1 + 3 * g * g, D),
+                "fpn1.1.ln.weight": (D,), "fpn1.1.ln.bias": (D,),
+                "fpn2.0.weight": (D, c8, 2, 2), "fpn2.0.bias": (c8,)}
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise dropmae.CheckpointError(f"{name}: {key} has shape {tuple(state[key].shape)}, expected {shape}")
+    first, second = two[:, 1:1 + g * g], two[:, 1 + g * g:]
+    if not torch.equal(first, second):
+        raise dropmae.CheckpointError(f"{name}: the two frames' halves of pos_embed_two_frame differ (DropSeg "
+                         "freezes one table for both frames); cannot convert exactly")
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    preset = next((p for p, v in VOS_PRESETS.items()
+                   if (v["c16"], v["c8"], v["c4"]) == (c16, c8, c4)
+                   and (dropmae.get_config(v["encoder"]).embed_dim,
+                        dropmae.get_config(v["encoder"]).depth) == (D, depth)), None)
+    if preset is None:
+        raise dropmae.CheckpointError(f"{name}: width {D}, {depth} blocks, pyramid {c16}/{c8}/{c4} match no "
+                         f"preset of {sorted(VOS_PRESETS)}")
+    ours = {OFFICIAL_RENAMED.get(k, k): v for k, v in state.items() if k not in OFFICIAL_DROPPED}
+    ours["pos_embed_two_frame"] = first.clone()
+    return ours, {"model": preset, "size": 16 * g, "source": f"released DropSeg file {name}"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -916,8 +998,13 @@ def segment_sequence(model, frame_paths: list, targets: list[Target], short_side
 
 
 def load_finetuned(path, device) -> tuple[DropSeg, dict]:
-    """Our fine-tuned checkpoint -> (model in eval mode, its config); strict key match."""
+    """Our fine-tuned checkpoint, or a released DropSeg file (converted by
+    `convert_official_dropseg`) -> (model in eval mode, its config); strict key match."""
     ckpt = dropmae.load_checkpoint(path)                  # errors name the file and the problem
+    official = ckpt.get("network", ckpt)                  # <id>_checkpoint.pth: {it, network, ...}
+    if is_official_dropseg(official):
+        state, config = convert_official_dropseg(official, str(path))
+        ckpt = {"model": state, "config": config}
     dropmae.expect_kind(ckpt, ("dropseg",), path, "tasks/vos.py test")
     config = ckpt["config"]
     if "model" not in ckpt or config.get("model") not in VOS_PRESETS:
@@ -1113,7 +1200,8 @@ def parse_args(argv=None):
     te.add_argument("--dataset", required=True, choices=DATASETS)
     te.add_argument("--data-path", required=True,
                     help="DAVIS-2017 trainval (val sets) / test-dev root, or YouTube-VOS root")
-    te.add_argument("--ckpt", required=True, help="checkpoint written by `train`")
+    te.add_argument("--ckpt", required=True,
+                    help="checkpoint written by `train`, or a released DropSeg .pth")
     te.add_argument("--output", required=True)
     te.add_argument("--resolution", type=int, default=480,
                     help="shorter side the model sees (480p; 0 = the frames' own size)")

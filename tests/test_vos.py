@@ -647,3 +647,159 @@ def test_inference_ytvos_objects_from_their_first_frame(tmp_path, ytvos, finetun
         elif frame.stem == first:
             given = vos.read_mask(ytvos / "valid" / "Annotations" / vid / f"{first}.png")[0] == k
             assert np.array_equal(pred == k, given)
+
+
+# ------------------------------------------------------- released DropSeg checkpoints load
+
+class OfficialNorm2d(torch.nn.Module):
+    """DropSeg's `Norm2d`: an nn.LayerNorm named `ln` over the channels of a (B, C, H, W) map."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.ln = torch.nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class OfficialDropSeg(torch.nn.Module):
+    """The module structure of the released DropSeg network (jimmy-dq/DropSeg
+    model/models_vit.py: timm 0.3.2 VisionTransformer with num_classes=1000 and global_pool,
+    plus mask_patch_embed, fpn1 / fpn2 Sequentials, the STCN decoder and the two frozen multi-
+    frame tables set after construction), at the tiny widths, with its backbone forward as the
+    official code orders it: (patches + mask) + frame vector per frame, then the two-frame
+    table; at another grid the table's first half is resized (bicubic) and used twice."""
+
+    def __init__(self, D=96, depth=4, heads=3, grid=4, pre_grid=6, c16=64, c8=64, c4=32):
+        super().__init__()
+        torch.manual_seed(5)
+        rnd = lambda *s: torch.nn.Parameter(torch.randn(*s) * 0.02)  # noqa: E731
+        self.cls_token = rnd(1, 1, D)
+        self.pos_embed = rnd(1, 1 + pre_grid * pre_grid, D)
+        self.patch_embed = dropmae.PatchEmbed(16, 3, D)
+        self.blocks = torch.nn.ModuleList(dropmae.Block(D, heads, 4.0, 0.0) for _ in range(depth))
+        self.norm = torch.nn.LayerNorm(D, eps=1e-6)
+        self.head = torch.nn.Linear(D, 1000)
+        self.fc_norm = torch.nn.LayerNorm(D, eps=1e-6)
+        self.mask_patch_embed = dropmae.PatchEmbed(16, 1, D)
+        self.fpn1 = torch.nn.Sequential(torch.nn.ConvTranspose2d(D, D, 2, 2), OfficialNorm2d(D),
+                                        torch.nn.GELU(), torch.nn.ConvTranspose2d(D, c4, 2, 2))
+        self.fpn2 = torch.nn.Sequential(torch.nn.ConvTranspose2d(D, c8, 2, 2))
+        self.stcn_decoder = vos.Decoder(D, c16, c8, c4)          # STCN's own module names
+        self.temporal_pos_embed_x = rnd(1, 1, D)
+        self.temporal_pos_embed_z = rnd(1, 1, D)
+        with torch.no_grad():
+            for p in self.parameters():                          # nothing left at 1 / 0
+                p.add_(torch.randn_like(p) * 0.05)
+        self.grid = grid
+        table = torch.randn(1, grid * grid, D) * 0.02
+        cls = self.pos_embed[:, :1].detach()
+        self.pos_embed_two_frame = torch.nn.Parameter(torch.cat([cls, table, table], 1),
+                                                      requires_grad=False)
+        self.pos_embed_three_frame = torch.nn.Parameter(torch.cat([cls, table, table, table], 1),
+                                                        requires_grad=False)
+
+    def forward(self, ref, mask, query):
+        B, _, H, W = query.shape
+        h, w = H // 16, W // 16
+        table = self.pos_embed_two_frame[:, 1:1 + self.grid ** 2]
+        if (h, w) != (self.grid, self.grid):
+            table = torch.nn.functional.interpolate(
+                table.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2), size=(h, w),
+                mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
+        memory = self.patch_embed(ref) + self.mask_patch_embed(mask)
+        memory = memory + self.temporal_pos_embed_z
+        queries = self.patch_embed(query) + self.temporal_pos_embed_x
+        x = torch.cat([memory, queries], 1) + torch.cat([table, table], 1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        m16 = x[:, -h * w:].permute(0, 2, 1).reshape(B, -1, h, w)
+        return self.stcn_decoder(m16, self.fpn2(m16), self.fpn1(m16))
+
+
+def official_layout(ours: dict) -> dict:
+    """Our fine-tuned tiny weights in the released file's key layout (the test's own copy of
+    the key table), plus the tensors the released file holds that we drop."""
+    D = ours["pos_embed"].shape[-1]
+    out = {}
+    for k, v in ours.items():
+        if k.startswith("fpn2."):
+            out["fpn2.0." + k[len("fpn2."):]] = v
+        elif k.startswith("fpn1.1."):
+            out["fpn1.1.ln." + k[len("fpn1.1."):]] = v
+        elif k == "pos_embed_two_frame":
+            cls = torch.zeros(1, 1, D)
+            out[k] = torch.cat([cls, v, v], 1)
+            out["pos_embed_three_frame"] = torch.cat([cls, v, v, v], 1)
+        else:
+            out[k] = v
+    out.update({"cls_token": torch.zeros(1, 1, D), "head.weight": torch.ones(1000, D),
+                "head.bias": torch.zeros(1000), "fc_norm.weight": torch.ones(D),
+                "fc_norm.bias": torch.zeros(D)})
+    return out
+
+
+def test_released_dropseg_structure_loads_strictly_and_segments_as_the_official_forward(tmp_path):
+    """A file with the official module structure's own state-dict keys and shapes (fpn2.0.*,
+    fpn1.1.ln.*, the (1, 1 + 2*g*g, D) two-frame table, cls/head/fc_norm, the three-frame table)
+    loads strictly through `load_finetuned`, picks the tiny preset at 64-px crops, and gives the
+    official forward's logits (to float rounding: the sums are ordered differently) at the
+    training grid and at a resized 48x80 grid."""
+    official = OfficialDropSeg().eval()
+    sd = official.state_dict()
+    assert {"fpn2.0.weight", "fpn1.1.ln.weight", "fpn1.3.weight", "head.weight",
+            "pos_embed_three_frame"} <= set(sd) and "fpn2.weight" not in sd
+    torch.save(sd, tmp_path / "official_210000.pth")
+    model, config = vos.load_finetuned(tmp_path / "official_210000.pth", torch.device("cpu"))
+    assert (config["model"], config["size"]) == ("tiny", 64)
+    assert model.state_dict().keys() == vos.build_model("tiny", 64).state_dict().keys()
+    g = torch.Generator().manual_seed(0)
+    for H, W in ((64, 64), (48, 80)):
+        ref, query = torch.randn(2, 3, H, W, generator=g), torch.randn(2, 3, H, W, generator=g)
+        mask = (torch.rand(2, 1, H, W, generator=g) > 0.5).float()
+        with torch.no_grad():
+            ours, theirs = model(ref, mask, query), official(ref, mask, query)
+        assert ours.shape == (2, 1, H, W)
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), (ours - theirs).abs().max()
+        assert ours.std() > 1e-3                                 # not a trivially equal output
+    torch.save({"it": 210000, "network": sd, "optimizer": {}, "scheduler": {}},
+               tmp_path / "official_checkpoint.pth")
+    again, _ = vos.load_finetuned(tmp_path / "official_checkpoint.pth", torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 model.state_dict().values()))
+
+
+def test_released_dropseg_file_gives_the_native_masks(tmp_path, davis, finetuned):
+    """Our fine-tuned weights written in the released layout: `test --ckpt official.pth` loads
+    them strictly into the same tensors as the native checkpoint and writes the same PNGs."""
+    native = torch.load(finetuned, weights_only=True)["model"]
+    torch.save(official_layout(native), tmp_path / "official.pth")
+    model, _ = vos.load_finetuned(tmp_path / "official.pth", torch.device("cpu"))
+    assert model.state_dict().keys() == native.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in native.items())
+    for name, ckpt in (("native", finetuned), ("official", tmp_path / "official.pth")):
+        vos.main(["test", "--dataset", "davis17_val", "--data-path", str(davis), "--ckpt",
+                  str(ckpt), "--output", str(tmp_path / name), "--resolution", "0"])
+    pngs = sorted((tmp_path / "native").glob("*/*.png"))
+    assert len(pngs) == 3 * FRAMES
+    for png in pngs:
+        other = tmp_path / "official" / png.relative_to(tmp_path / "native")
+        assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(other)))
+
+
+def test_released_dropseg_file_errors_name_the_file_and_key(tmp_path, finetuned):
+    """Differing two-frame halves, a wrong shape, or a key outside the table: an error naming
+    the file (and the key), never a partial load."""
+    base = official_layout(torch.load(finetuned, weights_only=True)["model"])
+    bad_halves = dict(base, pos_embed_two_frame=base["pos_embed_two_frame"].clone())
+    bad_halves["pos_embed_two_frame"][0, -1, 0] += 1.0
+    bad_shape = dict(base, **{"fpn1.1.ln.weight": torch.ones(95)})
+    extra = dict(base, **{"blocks.0.attn.relative_position_bias_table": torch.zeros(3, 3)})
+    for state, match in ((bad_halves, "bad.pth: the two frames' halves of pos_embed_two_frame differ"),
+                         (bad_shape, r"bad.pth: fpn1.1.ln.weight has shape \(95,\)"),
+                         (extra, "relative_position_bias_table")):
+        path = tmp_path / "bad.pth"
+        torch.save(state, path)
+        with pytest.raises((ValueError, RuntimeError), match=match):
+            vos.load_finetuned(path, torch.device("cpu"))

@@ -1,0 +1,53 @@
+"""Tests of reproduce/figure_p.py: a smoke run of two P values (the shared TwinMAE backbone for
+P = 0 and one pre-trained here; the other four run the same stages) writes the table, the
+figure's JSON and CSV, and a PNG only when matplotlib is importable."""
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reproduce import figure_p as fp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_rows_are_the_six_ratios_and_p0_is_twinmae():
+    assert [r.P for r in fp.ROWS["tiny"]] == [0.0, 0.05, 0.1, 0.2, 0.3, 0.4]
+    keys = [r.backbone_key() for r in fp.ROWS["tiny"]]
+    assert keys[0] == "twinmae_k400" and keys[2] == "dropmae_k400"         # Table 1's shared backbones
+    assert len(set(keys)) == 6 and [s.name for s in fp.STAGES] == ["vot_train", "vot_val", "vos_train", "vos_val"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, smoke_backbones):
+    out = tmp_path_factory.mktemp("figure_p_smoke")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
+    env.pop("SMOKE", None)
+    cmd = [sys.executable, "-m", "reproduce.figure_p", "--smoke", "--out", str(out), "--backbones",
+           str(smoke_backbones), "--rows", "p0", "p005"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_smoke_writes_table_json_csv_and_png_only_with_matplotlib(smoke):
+    out, stdout = smoke
+    fig = json.loads((out / "figure_p.json").read_text())
+    assert fig["scale"] == "smoke" and "NOT COMPARABLE" in fig["banner"]
+    assert [p["P"] for p in fig["points"]] == [0.0, 0.05]
+    lines = (out / "figure_p_points.csv").read_text().splitlines()
+    assert lines[0].startswith("# SMOKE SCALE")
+    pts = list(csv.DictReader(lines[1:]))
+    table = {r["row"]: r for r in csv.DictReader((out / "figure_p.csv").read_text().splitlines()[1:])}
+    for p, point in zip(pts, fig["points"]):
+        for m in fp.METRICS:
+            assert 0.0 <= float(p[m]) <= 100.0
+            assert float(p[m]) == pytest.approx(point[m]) == pytest.approx(float(table[point["row"]][f"{m}_ours"]))
+    has_mpl = importlib.util.find_spec("matplotlib") is not None
+    assert (out / "figure_p.png").is_file() == has_mpl
+    assert ("no PNG: matplotlib is not installed" in stdout) != has_mpl
