@@ -312,7 +312,7 @@ def load_flow_checkpoint(src, device="cpu") -> tuple[DropMAEFlow, dict]:
         if found is None:
             raise FileNotFoundError(f"{path}: no checkpoint-*.pth in this folder")
         path = found
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = dropmae.load_checkpoint(path)                  # the one reader: errors name the file
     if "flow" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path}: not a flow checkpoint (needs 'model' and 'flow'); keys {list(ckpt)[:6]}")
     cfg = FlowConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["flow"].items()})
@@ -903,7 +903,7 @@ def train(args) -> Path:
     optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=cfg["betas"], eps=1e-8)
     step = 0
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        ckpt = dropmae.load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]

@@ -326,8 +326,7 @@ def load_backbone(src, model: DropMAETAP, verbose: bool = True) -> dict:
 
 def load_tap_checkpoint(path, device="cpu") -> tuple[DropMAETAP, dict]:
     """A `train` checkpoint (or a dict) -> (model in eval mode, its stored config); strict."""
-    ckpt = path if isinstance(path, dict) else torch.load(path, map_location="cpu",
-                                                          weights_only=True)
+    ckpt = path if isinstance(path, dict) else dropmae.load_checkpoint(path)   # errors name the file
     if not isinstance(ckpt, dict) or "model" not in ckpt or "tap" not in ckpt:
         raise ValueError(f"{path}: not a tasks/tap.py checkpoint (needs 'model' and 'tap')")
     model = DropMAETAP(TapConfig(**ckpt["tap"]))
@@ -442,11 +441,10 @@ def load_pickle(path, trust_pickle: bool):
         raise FileNotFoundError(f"{path}: TAP-Vid pickle missing")
     if not trust_pickle:
         raise PermissionError(f"{path}: TAP-Vid annotations are pickles; {TRUST_HINT}")
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as err:
-        raise ValueError(f"{path}: cannot unpickle ({err!r})") from err
+    try:                                   # the suite's trusted pickle reader (eval/tapvid.py)
+        return tapvid.read_pickle(path, trust_pickle=True)
+    except ValueError as err:
+        raise ValueError(f"{path}: cannot unpickle ({err})") from err
 
 
 def decode_video(video, where: str) -> np.ndarray:
@@ -754,7 +752,7 @@ def train(args) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step, epoch = 0, 0
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        ckpt = dropmae.load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
