@@ -112,20 +112,7 @@ def get_tap_config(name: str, **overrides) -> TapConfig:
 # 1. Model
 # --------------------------------------------------------------------------------------------
 
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a (B, C, H, W) map (ViTDet's, eps 1e-6)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+LayerNorm2d = dropmae.LayerNorm2d           # one definition, in the core's ViT pieces
 
 
 def sample_features(fmap: torch.Tensor, xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
