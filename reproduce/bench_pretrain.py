@@ -241,11 +241,15 @@ def bench_decode_per_core(folder: str, n_pairs: int) -> dict:
     return {"pairs_per_s": rate, "pairs_per_cpu_s": n_pairs / cpu}
 
 
-def bench_end_to_end(folder: str, model: str, batch: int, steps: int, workers: list[int]) -> dict:
-    """`dropmae.py pretrain` (P 0.1, CPU) on the clips: median samples/s of log.jsonl after the
-    first two steps, per number of loader workers; and the step alone on random tensors."""
+def bench_end_to_end(model: str, batch: int, steps: int, workers: list[int], quick: bool) -> dict:
+    """`dropmae.py pretrain` (P 0.1, CPU) on 2 x batch generated K400-like 340x256 30 fps clips
+    (2 s, or 4 s without --quick): median samples/s of log.jsonl after the first two steps, per
+    number of loader workers; and the step alone on random tensors."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "clips")
+        write_synthetic_clips(folder, num_classes=2, per_class=batch, seconds=2.0 if quick else 4.0,
+                              fps=30, size=CLIPS["K400-like 340x256"])
         for nw in workers:
             run = os.path.join(tmp, f"w{nw}")
             cmd = [sys.executable, str(ROOT / "dropmae.py"), "pretrain", "--model", model, "--data", "k400",
@@ -253,7 +257,9 @@ def bench_end_to_end(folder: str, model: str, batch: int, steps: int, workers: l
                    "--warmup-epochs", "1", "--lr", "1e-4", "--num-workers", str(nw), "--cpu",
                    "--max-steps", str(steps), "--log-every", "1", "--save-every", "1000",
                    "--output", run]
-            subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode:
+                raise RuntimeError(f"end-to-end run failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
             rows = [json.loads(line) for line in Path(run, "log.jsonl").read_text().splitlines()]
             rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r][2:]
             out[f"{nw} workers"] = statistics.median(rates) if rates else None
@@ -338,9 +344,9 @@ def main(argv=None):
                           for name, r in dec.items()]
                 print("\n".join(lines[-3:]), flush=True)
             if "e2e" not in args.skip:
-                e2e_batch = batch if e2e_model != "tiny" else 16
+                e2e_batch = batch
                 e2e = result["end_to_end"] = bench_end_to_end(
-                    folders["K400-like 340x256"], e2e_model, e2e_batch, 6 if args.quick else 8, [0, 1, 2])
+                    e2e_model, e2e_batch, 6 if args.quick else 8, [0, 1, 2], args.quick)
                 rate_data = result.get("decode", {}).get("K400-like 340x256", {}).get("pairs_per_cpu_s")
                 best = max(v for k, v in e2e.items() if k != "step alone" and v)
                 bound = "step" if best >= 0.8 * e2e["step alone"] else "data"
