@@ -426,6 +426,8 @@ class ASADAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale: float, p: float):
         B, H, N, _ = q.shape
+        if N % 2:
+            raise ValueError(f"ASAD needs two frames of equal length; got {N} tokens")
         out = torch.empty_like(q.transpose(1, 2)).transpose(1, 2)            # SDPA's layout
         lse = []
         drops = torch.empty(B, H, asad_num_drops(N, p), dtype=torch.int32, device=q.device)
