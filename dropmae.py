@@ -311,7 +311,7 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
     return chosen
 
 
-ASAD_BLOCK_BYTES = {"cpu": 32 * 2 ** 20, "cuda": 2 ** 30}   # float32 logits per block
+ASAD_BLOCK_BYTES = {"cpu": 16 * 2 ** 20, "cuda": 2 ** 30}   # float32 logits per block
 
 
 def _blocks(count: int, item_bytes: int, device: torch.device) -> list[slice]:
