@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 WORKERS ?= 2
 BENCH   := runs/bench
 
-.PHONY: venv test table1 figure-attention table2 table3 table4 figure-p table-correspondence table-tap bench bench-pretrain bench-eval bench-vot bench-tap backbones clips clean
+.PHONY: venv test table1 figure-attention table2 table3 table4 figure-p table-correspondence table-tap table-flow table-3d bench bench-pretrain bench-eval bench-vot bench-tap bench-flow bench-3d bench-gpu backbones clips clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -56,11 +56,18 @@ table-correspondence: $(STAMP)
 table-tap: $(STAMP)
 	$(PYTHON) -m reproduce.table_tap $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
-# Benchmarks: ratios measured side by side in one run; never timed tests.
+# Benchmarks: ratios measured side by side in one run; never timed tests. QUICK=1: the short
+# variant of bench-pretrain (~10 min on 2 cores instead of ~25). bench-flow and bench-3d (ViT-B
+# on a CPU: long) and bench-gpu (CUDA only) run on their own.
 bench: bench-pretrain bench-eval bench-vot bench-tap
 
 bench-pretrain: $(STAMP)
-	$(PYTHON) -m reproduce.bench_pretrain --out $(BENCH)/pretrain.json
+	$(PYTHON) -m reproduce.bench_pretrain $(if $(filter 1,$(QUICK)),--quick) --out $(BENCH)/pretrain.json
+
+# On a CUDA machine only (refuses elsewhere, exit status 2): pre-training at batch 64 bf16, MFU,
+# ASAD overhead, SDPA backends, DropTrack / DropSeg speed, end to end. ARGS="--compile" etc.
+bench-gpu: $(STAMP)
+	$(PYTHON) -m reproduce.bench_gpu --out $(BENCH)/gpu.json $(ARGS)
 
 bench-eval: $(STAMP)
 	$(PYTHON) -m reproduce.bench_eval --out $(BENCH)/eval.json
@@ -74,7 +81,6 @@ bench-tap: $(STAMP)
 # 3-D point-cloud tracking (reproduce/table_3d.py): tiny synthetic LiDAR scenes in the KITTI
 # tracking layout by default, SMOKE=1 for the test suite's scale; full scale:
 # make table-3d ARGS="--kitti /data/kitti/tracking/training --k400 ... --ckpt ROW=PATH"
-.PHONY: table-3d bench-3d
 table-3d: $(STAMP)
 	$(PYTHON) -m reproduce.table_3d $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
@@ -96,7 +102,6 @@ clean:
 # Optical flow (tasks/flow.py, our DropMAE-Flow design): the C+T table by initialisation, tiny
 # synthetic scale by default (SMOKE=1: the test suite's scale); full scale with ARGS="--chairs
 # ... --things ... --sintel ... --kitti ... --ckpt dropmae=PATH ...". bench-flow: base preset speed.
-.PHONY: table-flow bench-flow
 table-flow: $(STAMP)
 	$(PYTHON) -m reproduce.table_flow $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 

@@ -210,44 +210,183 @@ def asad_num_drops(L: int, p: float) -> int:
     return int(p * (L // 2 - 1)) * L
 
 
+def asad_weights(attn: torch.Tensor) -> torch.Tensor:
+    """The spec's sampling weights W from attention probabilities. (..., L, L) -> (..., L, L/2).
+
+    Row i holds i's weights over the keys of its own frame (column c is key c of that frame):
+      f_tem(i) = max_j A[i, j] over keys j of the other frame, + 1e-6   (temporal matching prob.)
+      s(i, j)  = A[i, j] + 1e-6 over keys j of i's own frame, 0 for j = i, normalised to sum 1
+      W[i, j]  = f_tem(i) * s(i, j) = r(i) * (A[i, j] + 1e-6), r(i) = f_tem(i) / sum_j (A[i, j] + 1e-6)
+    Frame x holds tokens 0..L/2-1 and frame z tokens L/2..L-1.
+    """
+    L = attn.shape[-1]
+    h = L // 2
+    a = attn.reshape(-1, L, L)
+    rows = torch.arange(L, device=attn.device)
+    f_tem = torch.cat([a[:, :h, h:].amax(-1), a[:, h:, :h].amax(-1)], 1).add_(1e-6)   # (M, L)
+    own = torch.cat([a[:, :h, :h].sum(-1), a[:, h:, h:].sum(-1)], 1)                  # (M, L)
+    r = f_tem.div_(own.add_((h - 1) * 1e-6).sub_(a[:, rows, rows]))                   # j != i
+    w = a.new_empty(a.shape[0], L, h)
+    for f in (slice(0, h), slice(h, L)):                                              # frames
+        torch.addcmul(r[:, f, None] * 1e-6, a[:, f, f], r[:, f, None], out=w[:, f])
+    w[:, rows, rows % h] = 0.0                                                        # the diagonal
+    return w.view(*attn.shape[:-1], h)
+
+
+RACE_LEVELS = 128      # resolution of the coarse uniforms that pre-filter the race (7 bits)
+RACE_STRIDE = 17       # the threshold is estimated on every 17th weight
+RACE_MARGIN = 3.0      # ... for k + 3 sd(estimate) keys below it, so a fallback is rare
+RACE_NEWTON_STEPS = 4
+
+
+def race_threshold(w: torch.Tensor, k: int, margin: float = RACE_MARGIN) -> torch.Tensor:
+    """A key threshold t per row with about k + margin * sqrt(RACE_STRIDE * k) keys E/w < t.
+
+    w: (M, n) weights >= 0 -> (M,). The expected count of keys below t is
+    G(t) = sum_j (1 - exp(-w_j t)), estimated on every RACE_STRIDE-th weight (sd about
+    sqrt(RACE_STRIDE * k)); G is concave, so Newton from t0 = target / sum(w), where G <= target,
+    climbs to the root from below. t only decides how much work the exact selection does, never
+    what it selects (see `race_top_k`); where the target exceeds the weights present, t = inf.
+    """
+    sub = w[:, ::RACE_STRIDE].float().contiguous()                            # (M, n / stride)
+    scale = w.shape[1] / sub.shape[1]
+    target = (k + margin * math.sqrt(RACE_STRIDE * k)) / scale
+    t = target / sub.sum(1).clamp_min(1e-30)
+    for _ in range(RACE_NEWTON_STEPS):
+        e = torch.exp(-sub * t.unsqueeze(1))
+        t = t + (target - sub.shape[1] + e.sum(1)) / (sub * e).sum(1).clamp_min(1e-30)
+    reachable = (sub > 0).sum(1) > target
+    return torch.where(reachable & (t > 0), t, torch.full_like(t, float("inf")))
+
+
+def race_levels(shape, generator=None, device=None) -> torch.Tensor:
+    """Independent uniform integers in [0, RACE_LEVELS) (uint8): eight per 64-bit random word."""
+    n = math.prod(shape)
+    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(generator=generator)
+    return words.view(torch.uint8)[:n].view(shape).bitwise_and_(RACE_LEVELS - 1)   # bits 0..62
+
+
+def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None,
+               t: torch.Tensor | None = None) -> torch.Tensor:
+    """k indices per row drawn without replacement with probability proportional to w.
+
+    w: (M, n) weights >= 0 with at least k positive per row -> (M, k) int64, unordered. Same
+    law as `torch.multinomial(w[m], k, replacement=False)` for every row m; no loop over rows.
+    t: (M,) key thresholds, default `race_threshold(w, k)`; any t gives the same law (tests use
+    t = inf, the plain race, and tiny t, which sends every row down step 4).
+
+    The exponential race (Efraimidis-Spirakis; Gumbel top-k): with independent E_j ~ Exp(1),
+    the k smallest keys E_j / w_j are a draw of that law, since E_j / w_j ~ Exp(rate w_j) and
+    the first of independent exponential clocks is j with probability w_j / sum(w), then the
+    first of the rest, and so on. Computing all n keys (a uniform and a log each, then a top-k
+    over n) is what costs; this computes the same keys where they matter:
+    1. E_j = -log(1 - u_j) with u_j = (b_j + v_j) / RACE_LEVELS, b_j a uniform integer level
+       and v_j ~ U(0, 1) independent: u_j is exactly uniform, so E_j is exactly Exp(1).
+    2. E_j >= u_j >= b_j / RACE_LEVELS. For a threshold t (`race_threshold`), key_j < t needs
+       E_j < w_j t, hence b_j < RACE_LEVELS * w_j t: only those candidates (about 1.4 k of
+       n = 10.3 k at the ViT-B shape) get a v_j, a log and a key; the rest keep only their
+       7-bit level.
+    3. If at least k candidates of a row have key < t, the k smallest keys of the row are all
+       below t, so all are candidates: the top-k over the candidates is the top-k over every
+       key, the exact draw. (The test uses t (1 - 1e-4), covering the float rounding of
+       RACE_LEVELS * w_j t.) t may be any function of w; it changes the cost, never the result.
+    4. A row with fewer (rare: t is set 3 estimated sd above the count needed) completes the
+       same race: its candidates keep their v_j, the others draw theirs now (v is independent of
+       everything seen so far, which is only their level b_j), and it takes the top-k over all
+       n keys. So every row is the top-k of the full race.
+    """
+    M, n = w.shape
+    dev = w.device
+    if k == 0:
+        return torch.zeros(M, 0, dtype=torch.long, device=dev)
+    t = race_threshold(w, k) if t is None else t                              # (M,)
+    levels = race_levels((M, n), generator, dev)                              # (M, n) uint8
+    flat = torch.nonzero((levels < w * (RACE_LEVELS * t).unsqueeze(1)).view(-1)).squeeze(1)
+    rows = flat.div(n, rounding_mode="floor")                                 # (S,), sorted
+    u = levels.view(-1).index_select(0, flat).double()
+    u.add_(torch.rand(flat.shape, generator=generator, dtype=torch.float64, device=dev))
+    u.div_(RACE_LEVELS)                                                       # exactly U(0, 1)
+    key = torch.log1p(-u).neg_().div_(w.view(-1).index_select(0, flat))       # E / w, (S,)
+    starts = torch.searchsorted(flat, torch.arange(M + 1, device=dev) * n)    # row boundaries
+    count = starts[1:] - starts[:-1]
+    below = torch.bincount(rows, weights=(key < (t * (1 - 1e-4))[rows]).float(), minlength=M)
+    width = max(k, int(count.max()) if flat.numel() else 0)
+    keys = torch.full((M * width,), float("inf"), dtype=torch.float64, device=dev)
+    shift = torch.arange(M, device=dev) * width - starts[:-1]
+    keys.index_copy_(0, torch.arange(flat.numel(), device=dev) + shift[rows], key)   # padded
+    pick = torch.topk(keys.view(M, width), k, dim=1, largest=False, sorted=False).indices
+    pick = (pick + starts[:-1, None]).clamp_(max=max(flat.numel() - 1, 0))
+    chosen = flat[pick] - torch.arange(M, device=dev)[:, None] * n if flat.numel() else pick
+    short = torch.nonzero(below < k).squeeze(1)                               # step 4
+    if short.numel():
+        back = torch.full((M,), -1, dtype=torch.long, device=dev)
+        back[short] = torch.arange(short.numel(), device=dev)
+        u_all = levels[short].double().add_(torch.rand((short.numel(), n), generator=generator,
+                                                       dtype=torch.float64, device=dev))
+        u_all.div_(RACE_LEVELS)
+        mine = torch.nonzero(back[rows] >= 0).squeeze(1)                       # their candidates
+        u_all.view(-1)[back[rows[mine]] * n + flat[mine] - rows[mine] * n] = u[mine]   # keep v
+        ws = w[short].double()
+        key_all = torch.log1p(-u_all).neg_().div_(ws).masked_fill_(ws == 0, float("inf"))
+        chosen[short] = torch.topk(key_all, k, dim=1, largest=False, sorted=False).indices
+    return chosen
+
+
+ASAD_BLOCK_BYTES = {"cpu": 16 * 2 ** 20, "cuda": 2 ** 30}   # float32 logits per block
+
+
+def _blocks(count: int, item_bytes: int, device: torch.device) -> list[slice]:
+    """Slices of `count` items (samples, or (sample, head) matrices) of `item_bytes` of float32
+    logits each, about ASAD_BLOCK_BYTES per slice: on the CPU the temporaries of the draw then
+    stay in cache and are reused from the heap rather than paged in anew; on a GPU the slices
+    bound the transient memory. Each matrix's draw is independent, so blocking does not change
+    the law; a fixed seed gives the same draw for the same shapes."""
+    step = max(1, ASAD_BLOCK_BYTES.get(device.type, 2 ** 30) // item_bytes)
+    return [slice(s, min(count, s + step)) for s in range(0, count, step)]
+
+
+@torch.no_grad()
+def asad_draw(attn: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ASAD's drops from attention probabilities A = softmax(logits): (..., L, L) -> (..., K)
+    flat indices into the last two dims. The law is `asad_drop_indices`'."""
+    L = attn.shape[-1]
+    h = L // 2
+    lead = attn.shape[:-2]
+    w = asad_weights(attn.float()).reshape(-1, L * h)                         # (M, L * h)
+    c = race_top_k(w, asad_num_drops(L, p), generator).view(*lead, -1)
+    row, col = c // h, c % h                                                  # in the (L, h) matrix
+    return row * L + col + (row >= h) * h                                     # into the (L, L) one
+
+
 @torch.no_grad()
 def asad_drop_indices(logits: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The positions ASAD drops, as flat indices into the last two dims. (..., L, L) -> (..., K).
 
-    Frame x holds tokens 0..L/2-1 and frame z tokens L/2..L-1. With A = softmax(logits):
-      f_tem(i) = max_j A[i, j] over keys j of the other frame, + 1e-6   (temporal matching prob.)
-      s(i, j)  = A[i, j] + 1e-6 over keys j of i's own frame, 0 for j = i, normalised to sum 1
-      W[i, j]  = f_tem(i) * s(i, j), an (L x L/2) matrix per (sample, head)
-    and K = int(p * (L/2 - 1)) * L positions are drawn without replacement from the whole W
-    matrix with probability proportional to W: the law of the official
-    `torch.multinomial(W.flatten(), K, replacement=False)`, which loops over batch x heads.
-
-    Vectorised with the exponential race (Efraimidis-Spirakis, or Gumbel top-k): with
-    independent E ~ Exp(1), the K largest keys W / E are a draw of that law, since E / W is
-    Exp(rate W) and the first of independent exponential clocks is j with probability
-    W_j / sum(W), recursively. We keep the negated keys W / log(U) = -W / E (U uniform) and take
-    the K smallest; the diagonal gets key 0, above every other key, so it is never drawn.
-    No gradient flows: everything comes from detached logits.
+    With A = softmax(logits) and the spec's weights W = `asad_weights(A)` (an L x L/2 matrix per
+    sample and head, 0 on the diagonal, defined only within a frame), K = int(p * (L/2 - 1)) * L
+    positions are drawn without replacement from the whole W matrix with probability
+    proportional to W: the law of the official `torch.multinomial(W.flatten(), K,
+    replacement=False)`, which loops over batch x heads. Here every (sample, head) is drawn at
+    once by `race_top_k`, the exponential race (the K smallest of E / W, E ~ Exp(1)), which is
+    exact for sampling without replacement. It computes the race's keys only where they can
+    matter: 7-bit uniform levels for every position bound each key from below, a threshold from
+    every 17th weight keeps about 1.4 K candidates (of 10.3 K positions at ViT-B), and only they
+    get a full uniform, a log and a place in the top-k. The K smallest candidate keys are the
+    K smallest of all keys whenever K candidates lie below the threshold; a (sample, head) with
+    fewer completes its race over all positions, with the same uniforms. So the result is always
+    the top-K of the full race: exact, not an approximation (the argument is in `race_top_k`;
+    tests check the joint law against exact without-replacement probabilities). The matrices
+    are processed in blocks along dim 0 (`_blocks`); the draw is fixed by the generator's state
+    (`torch.manual_seed`) and the shape. No gradient flows: the logits are detached.
     """
     L = logits.shape[-1]
     if L % 2:
         raise ValueError(f"ASAD needs two frames of equal length; got L = {L}")
-    h = L // 2
-    k = asad_num_drops(L, p)
-    attn = logits.detach().float().softmax(dim=-1).add_(1e-6)                 # A + 1e-6
-    xx, zz = attn[..., :h, :h], attn[..., h:, h:]                             # same-frame blocks
-    f_tem = torch.cat([attn[..., :h, h:].amax(-1), attn[..., h:, :h].amax(-1)], dim=-1)  # (..., L)
-    rows = torch.arange(L, device=logits.device)
-    norm = torch.cat([xx.sum(-1), zz.sum(-1)], dim=-1) - attn[..., rows, rows]           # (..., L)
-    keys = torch.rand(logits.shape[:-1] + (h,), generator=generator, device=logits.device)
-    keys.log_().reciprocal_()                                                 # -1 / E, (..., L, h)
-    keys[..., :h, :].mul_(xx)
-    keys[..., h:, :].mul_(zz)
-    keys.mul_((f_tem / norm).unsqueeze(-1))                                   # -W / E
-    keys[..., rows, rows % h] = 0.0                                           # the diagonal
-    chosen = torch.topk(keys.flatten(-2), k, dim=-1, largest=False, sorted=False).indices
-    row, col = chosen // h, chosen % h                                        # in the (L, h) matrix
-    return row * L + col + (row >= h) * h                                     # into the (L, L) one
+    lg = logits.detach().reshape((-1,) + logits.shape[-3:] if logits.dim() > 3 else (-1, L, L))
+    idx = torch.empty(lg.shape[:-2] + (asad_num_drops(L, p),), dtype=torch.long, device=lg.device)
+    for s in _blocks(lg.shape[0], 4 * lg[0].numel(), lg.device):           # along dim 0
+        idx[s] = asad_draw(lg[s].softmax(dim=-1, dtype=torch.float32), p, generator)
+    return idx.view(logits.shape[:-2] + (-1,))
 
 
 @torch.no_grad()
@@ -266,27 +405,86 @@ def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None 
     return drop.flatten(-2).scatter_(-1, idx, True).view(logits.shape)
 
 
-ASAD_BLOCK_BYTES = 16 * 2 ** 20    # CPU: logits per block, so ASAD's temporaries stay in cache
+ASAD_CPU_KERNEL = True     # False: the CPU takes the generic path too (tests compare the two)
 
 
-@torch.no_grad()
-def asad_bias(q: torch.Tensor, k: torch.Tensor, scale: float, p: float) -> torch.Tensor:
-    """The additive attention bias of ASAD: 0, and -inf at the drawn positions.
+def _attend(q, k, v, mask, scale):
+    """softmax(q k^T * scale + mask) v for one block, (b, heads, N, hd) -> (out, logsumexp).
 
-    q, k: (B, heads, N, hd) -> (B, heads, N, N). The logits q k^T * scale are recomputed here
-    without autograd. On the CPU the (sample, head) matrices are processed in blocks of about
-    ASAD_BLOCK_BYTES of logits, so the sampling's temporaries stay in cache and are not paged
-    in anew each time (about 30 % faster at the ViT-B shape); each matrix's draw is independent,
-    so blocking does not change the law. On a GPU there is one block.
+    CPU: the flash-attention kernel that SDPA itself picks there, called directly so that its
+    logsumexp can be kept for backward. Elsewhere: SDPA, which picks its own backend (memory-
+    efficient with a mask on a GPU); logsumexp None, and backward recomputes the block.
     """
-    B, H, N, _ = q.shape
-    qf, kf = q.flatten(0, 1), k.flatten(0, 1)                                 # (B*H, N, hd)
-    bias = q.new_zeros(B * H, N * N)
-    step = B * H if q.device.type != "cpu" else max(1, ASAD_BLOCK_BYTES // (4 * N * N))
-    for s in range(0, B * H, step):                                           # memory blocks
-        logits = torch.bmm(qf[s:s + step], kf[s:s + step].transpose(1, 2)) * scale
-        bias[s:s + step].scatter_(-1, asad_drop_indices(logits, p), float("-inf"))
-    return bias.view(B, H, N, N)
+    if q.device.type == "cpu" and ASAD_CPU_KERNEL:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), None
+
+
+def _attend_backward(dout, q, k, v, out, lse, mask, scale):
+    """Gradients (dq, dk, dv) of `_attend` for one block."""
+    if lse is not None:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+    with torch.enable_grad():
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return torch.autograd.grad(o, (q, k, v), dout)
+
+
+class ASADAttention(torch.autograd.Function):
+    """softmax(q k^T * scale, -inf at ASAD's drops) v, the drops drawn from the same logits.
+
+    q, k, v: (B, heads, N, hd) -> (B, heads, N, hd). Block by block over the batch, the logits
+    are computed once, serve the draw, and their buffer then becomes the additive mask (0, and
+    -inf at the drops) of the same fused attention kernel SDPA uses. For backward only the drop
+    indices are kept (K int32 per (sample, head): 3.8 MB per ViT-B decoder layer at batch 8)
+    besides what SDPA keeps (q, k, v, output, logsumexp); backward rebuilds the mask one block
+    at a time. (SDPA with an additive float mask keeps the whole (B, heads, N, N) mask for
+    backward instead: 79 MB per layer.)
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, p: float):
+        B, H, N, _ = q.shape
+        if N % 2:
+            raise ValueError(f"ASAD needs two frames of equal length; got {N} tokens")
+        out = torch.empty_like(q.transpose(1, 2)).transpose(1, 2)            # SDPA's layout
+        lse = []
+        drops = torch.empty(B, H, asad_num_drops(N, p), dtype=torch.int32, device=q.device)
+        for s in _blocks(B, 4 * H * N * N, q.device):
+            logits = torch.matmul(q[s], k[s].transpose(-2, -1)).mul_(scale)   # (b, H, N, N)
+            idx = asad_draw(logits.softmax(-1, dtype=torch.float32), p)       # (b, H, K)
+            mask = logits.zero_().view(*idx.shape[:2], -1).scatter_(-1, idx, float("-inf"))
+            o, l = _attend(q[s], k[s], v[s], mask.view_as(logits), scale)
+            out[s] = o
+            lse.append(l)
+            drops[s] = idx
+        lse = None if lse[0] is None else torch.cat(lse)
+        ctx.save_for_backward(q, k, v, out, lse, drops)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, drops = ctx.saved_tensors
+        B, H, N, _ = q.shape
+        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+        blocks = _blocks(B, 4 * H * N * N, q.device)
+        buf = q.new_zeros(blocks[0].stop - blocks[0].start, H, N * N)         # reused: 0 but drops
+        for s in blocks:
+            idx = drops[s].long()
+            mask = buf[:idx.shape[0]].scatter_(-1, idx, float("-inf"))
+            dq[s], dk[s], dv[s] = _attend_backward(
+                dout[s], q[s], k[s], v[s], out[s], None if lse is None else lse[s],
+                mask.view(-1, H, N, N), ctx.scale)
+            mask.scatter_(-1, idx, 0.0)
+        return dq, dk, dv, None, None
+
+
+def asad_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, p: float) -> torch.Tensor:
+    """Attention with ASAD: (B, heads, N, hd) q, k, v -> (B, heads, N, hd); see ASADAttention."""
+    return ASADAttention.apply(q, k, v, scale, p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,10 +495,9 @@ class Attention(nn.Module):
     """Multi-head self-attention (timm key names: qkv, proj), with optional ASAD.
 
     With `drop_p > 0` the ASAD mask is drawn from the detached logits and applied as -inf before
-    the softmax (the official `Attention_Dec`); the attention itself then runs through
-    `F.scaled_dot_product_attention` with that additive mask (a float mask: on CPU it is
-    faster than a boolean one), so autograd never stores the logits twice. `return_attn=True`
-    computes the softmax explicitly and also returns it (B, h, N, N).
+    the softmax (the official `Attention_Dec`), by `asad_attention`, which keeps only the drop
+    indices for backward; without ASAD, `F.scaled_dot_product_attention`. `return_attn=True`
+    computes the softmax explicitly (same draw) and also returns it (B, h, N, N).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
@@ -314,15 +511,16 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, drop_p: float = 0.0, return_attn: bool = False):
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = None                                                           # (B, h, N, N)
-        if drop_p > 0:
-            bias = asad_bias(q, k, self.scale, drop_p)
         if return_attn:
-            logits = (q @ k.transpose(-2, -1)) * self.scale
-            attn = (logits if bias is None else logits + bias).softmax(dim=-1)
+            logits = (q @ k.transpose(-2, -1)) * self.scale                  # (B, h, N, N)
+            if drop_p > 0:
+                logits = logits.masked_fill(asad_mask(logits, drop_p), float("-inf"))
+            attn = logits.softmax(dim=-1)
             out = attn @ v
+        elif drop_p > 0:
+            out = asad_attention(q, k, v, self.scale, drop_p)                 # (B, h, N, hd)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)     # (B, h, N, hd)
+            out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj(out.transpose(1, 2).reshape(B, N, C))
         return (out, attn) if return_attn else out
 

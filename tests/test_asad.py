@@ -121,3 +121,204 @@ def test_attention_with_asad_equals_the_explicit_masked_softmax():
     _, maps = attn(x, drop_p=0.3, return_attn=True)       # the explicit path draws the same mask
     assert torch.allclose(maps, probs, atol=1e-6)
     assert (maps[drop] == 0).all() and drop.sum() == 2 * 4 * asad_num_drops(20, 0.3)
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler's law against exact probabilities, and the attention that uses it
+# --------------------------------------------------------------------------------------------
+
+def exact_set_probabilities(w, k: int) -> dict:
+    """P(the k drawn positions are exactly S), for every S, when k positions are drawn one by one
+    without replacement with probability proportional to w (the law of
+    `torch.multinomial(w, k, replacement=False)`), by the recursion over drawn sets
+    P(S + j) += P(S) * w_j / (sum(w) - w(S)). Keys are bitmasks. Small n only (2^n states)."""
+    w = [float(x) for x in w]
+    total = sum(w)
+    layer = {0: 1.0}
+    for _ in range(k):
+        nxt = {}
+        for s, prob in layer.items():
+            rest = total - sum(w[j] for j in range(len(w)) if s >> j & 1)
+            for j, wj in enumerate(w):
+                if wj > 0 and not s >> j & 1:
+                    nxt[s | 1 << j] = nxt.get(s | 1 << j, 0.0) + prob * wj / rest
+        layer = nxt
+    return layer
+
+
+def chi_square_p(drawn_sets, exact: dict) -> float:
+    """Pearson goodness-of-fit p-value of observed drawn sets (bitmasks) against exact set
+    probabilities; cells expected below 5 are pooled into one."""
+    from scipy.stats import chi2
+    n = len(drawn_sets)
+    observed = {}
+    for s in drawn_sets:
+        observed[s] = observed.get(s, 0) + 1
+    assert set(observed) <= set(exact), "a set outside the support was drawn"
+    stat, pool_e, pool_o, cells = 0.0, 0.0, 0, 0
+    for s, prob in exact.items():
+        if n * prob < 5:
+            pool_e, pool_o = pool_e + n * prob, pool_o + observed.get(s, 0)
+        else:
+            stat += (observed.get(s, 0) - n * prob) ** 2 / (n * prob)
+            cells += 1
+    if pool_e > 0:
+        stat += (pool_o - pool_e) ** 2 / pool_e
+        cells += 1
+    return float(chi2.sf(stat, cells - 1))
+
+
+def bitmasks(indices: torch.Tensor) -> list[int]:
+    """(N, k) drawn indices -> one bitmask per row."""
+    return (2 ** indices.long()).sum(1).tolist()
+
+
+P_MIN = 1e-3     # goodness-of-fit threshold; all draws come from fixed seeds
+
+
+@pytest.mark.parametrize("branch", ["threshold", "plain race", "fallback"])
+def test_race_top_k_matches_exact_set_probabilities(branch):
+    """The joint law of the k drawn positions (not just the marginals) against the exact
+    without-replacement law, in each branch of `race_top_k`: the default threshold with about
+    half of the rows completing the race (step 4) and half not, t = inf (every position a
+    candidate: the textbook race), and tiny t (every row takes step 4). n = 12 with a zero
+    weight, heavy and light weights; k = 4; 20000 draws; chi-square p > 1e-3."""
+    from dropmae import race_top_k
+    w = torch.tensor([3.0, 0.05, 1.0, 0.0, 0.4, 2.5, 0.2, 0.7, 0.1, 1.5, 0.3, 6.0])
+    n_draws, k = 20000, 4
+    ws = w.expand(n_draws, -1).contiguous()
+    t = {"threshold": None, "plain race": torch.full((n_draws,), float("inf")),
+         "fallback": torch.full((n_draws,), 1e-30)}[branch]
+    if branch == "threshold":            # t with sum_j P(key_j < t) = k: rows split between paths
+        lo, hi = 0.0, 100.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if (1 - torch.exp(-w.double() * mid)).sum() < k else (lo, mid)
+        t = torch.full((n_draws,), lo)
+    gen = torch.Generator().manual_seed(11)
+    drawn = race_top_k(ws, k, gen, t=t)
+    if branch == "threshold":            # both paths taken: rows with >= k keys below t, and not
+        keys = -torch.log1p(-torch.rand(n_draws, 12, generator=torch.Generator().manual_seed(1))) / w
+        assert 0.2 < ((keys < lo).sum(1) >= k).double().mean() < 0.8
+    assert drawn.shape == (n_draws, k)
+    assert (drawn.sort(1).values.diff(dim=1) > 0).all()                       # distinct
+    assert not (drawn == 3).any()                                             # zero weight
+    assert chi_square_p(bitmasks(drawn), exact_set_probabilities(w, k)) > P_MIN
+
+
+def test_race_top_k_chi_square_detects_a_wrong_law():
+    """The goodness-of-fit test has power: sampling with replacement-style marginals (top-k of
+    the weights perturbed by uniform noise instead of the race) fails it."""
+    w = torch.tensor([3.0, 0.05, 1.0, 0.0, 0.4, 2.5, 0.2, 0.7, 0.1, 1.5, 0.3, 6.0])
+    gen = torch.Generator().manual_seed(11)
+    wrong = torch.topk(w * torch.rand(20000, 12, generator=gen), 4, dim=1).indices
+    assert chi_square_p(bitmasks(wrong), exact_set_probabilities(w, 4)) < 1e-6
+
+
+def test_asad_mask_matches_exact_set_probabilities_small_l():
+    """End to end at L = 6 (two frames of 3 tokens): the drawn set of K = 6 positions among the
+    12 same-frame off-diagonal ones follows the exact without-replacement law over the spec's
+    W (built independently, row by row, by `reference_weights`); 20000 draws; p > 1e-3."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 6, generator=gen) * 2.0
+    w = reference_weights(logits)                                             # (6, 3)
+    n_draws, p = 20000, 0.5                                                   # K = 1 * 6
+    drop = asad_mask(logits.expand(n_draws, 6, 6), p, torch.Generator().manual_seed(4))
+    rows, cols = torch.arange(6).repeat_interleave(3), torch.arange(3).repeat(6)
+    keys = drop[:, rows, cols + (rows >= 3) * 3]                              # (N, 18) in W order
+    assert (keys.sum(1) == 6).all()
+    drawn = keys.nonzero()[:, 1].view(n_draws, 6)
+    assert chi_square_p(bitmasks(drawn), exact_set_probabilities(w.flatten(), 6)) > P_MIN
+
+
+def test_threshold_path_agrees_with_the_plain_race_at_a_larger_size(monkeypatch):
+    """At L = 64 (K = 192 of 1984 candidates per matrix), where the threshold really prunes,
+    per-position drop frequencies of `asad_mask` agree with the plain race (t = inf) on the same
+    W: sum of squared z-scores over the 2048 positions, chi-square p > 1e-3 (3000 draws each).
+    Also: the pruned path did prune (fewer candidates than positions) in this test."""
+    import dropmae
+    from scipy.stats import chi2
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(64, 64, generator=gen) * 3.0
+    n_draws, p, L, h = 3000, 0.1, 64, 32
+    k = asad_num_drops(L, p)
+    seen = {}
+    real_levels = dropmae.race_levels
+
+    def spy(shape, generator=None, device=None):
+        lv = real_levels(shape, generator, device)
+        seen["levels"] = lv
+        return lv
+    monkeypatch.setattr(dropmae, "race_levels", spy)
+    fast = asad_mask(logits.expand(n_draws, L, L), p, torch.Generator().manual_seed(6))
+    w = dropmae.asad_weights(logits.softmax(-1)).reshape(1, -1).expand(n_draws, -1).contiguous()
+    t = dropmae.race_threshold(w[:1], k)
+    candidates = (seen["levels"][:1] < w[:1] * dropmae.RACE_LEVELS * t).sum()
+    assert k < candidates < 0.5 * L * h                                       # pruned
+    plain = dropmae.race_top_k(w, k, torch.Generator().manual_seed(7),
+                               t=torch.full((n_draws,), float("inf")))
+    plain_freq = torch.zeros(n_draws, L * h).scatter_(1, plain, 1.0).mean(0)
+    rows, cols = torch.arange(L).repeat_interleave(h), torch.arange(h).repeat(L)
+    fast_freq = fast[:, rows, cols + (rows >= h) * h].double().mean(0)
+    pooled = (fast_freq + plain_freq.double()) / 2
+    var = 2 * pooled * (1 - pooled) / n_draws
+    live = var > 0
+    z2 = ((fast_freq - plain_freq.double())[live] ** 2 / var[live]).sum().item()
+    assert chi2.sf(z2, int(live.sum())) > P_MIN
+    assert (fast_freq - plain_freq.double()).abs().max() < 0.05
+
+
+def test_fixed_seed_gives_identical_masks():
+    """torch.manual_seed (or a generator) fixes every draw; another seed changes it."""
+    logits = torch.randn(2, 4, 40, 40)
+    torch.manual_seed(21)
+    a = asad_mask(logits, 0.2)
+    torch.manual_seed(21)
+    b = asad_mask(logits, 0.2)
+    c = asad_mask(logits, 0.2, torch.Generator().manual_seed(21))
+    d = asad_mask(logits, 0.2, torch.Generator().manual_seed(21))
+    assert torch.equal(a, b) and torch.equal(c, d) and not torch.equal(a, asad_mask(logits, 0.2))
+
+
+@pytest.mark.parametrize("cpu_kernel", [True, False])
+def test_asad_attention_equals_the_float_mask_attention(monkeypatch, cpu_kernel):
+    """`asad_attention` (CPU flash kernel, or the generic SDPA path used on GPUs, with blocks
+    of one sample forced) draws exactly `asad_drop_indices`' drops from the same logits, and
+    its output and gradients equal SDPA with the plain additive float mask to 1e-6."""
+    import torch.nn.functional as F
+    import dropmae
+    monkeypatch.setattr(dropmae, "ASAD_CPU_KERNEL", cpu_kernel)
+    monkeypatch.setitem(dropmae.ASAD_BLOCK_BYTES, "cpu", 4 * 4 * 24 * 24)    # 1 sample per block
+    B, H, N, hd = 3, 4, 24, 8
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, hd, generator=gen, requires_grad=True) for _ in range(3))
+    g = torch.randn(B, H, N, hd, generator=gen)
+    torch.manual_seed(9)
+    out = dropmae.asad_attention(q, k, v, hd ** -0.5, 0.25)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    torch.manual_seed(9)
+    logits = torch.matmul(q.detach(), k.detach().transpose(-2, -1)).mul_(hd ** -0.5)
+    drop = asad_mask(logits, 0.25)
+    bias = torch.zeros(B, H, N, N).masked_fill(drop, float("-inf"))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    assert (out - ref).abs().max() < 1e-6
+    for a, b in zip(grads, ref_grads):
+        assert (a - b).abs().max() < 1e-6
+    explicit = logits.masked_fill(drop, float("-inf")).softmax(-1) @ v.detach()
+    assert (out - explicit).abs().max() < 1e-5                                # the official form
+
+
+def test_asad_attention_keeps_no_mask_for_backward():
+    """What the decoder attention keeps for backward: nothing of size B x heads x N x N (the
+    drops as int32 indices instead)."""
+    from dropmae import Attention
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    x = torch.randn(2, 20, 32, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        attn(x, drop_p=0.3).sum().backward()
+    assert saved and max(t.numel() for t in saved) < 2 * 4 * 20 * 20
+    assert any(t.dtype == torch.int32 and t.shape == (2, 4, asad_num_drops(20, 0.3)) for t in saved)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
