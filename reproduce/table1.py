@@ -62,21 +62,16 @@ whole pipeline runs end to end, resumes, and every number is produced by the sam
 full run. What it does not show: any of the paper's numbers or their ordering.
 
 Tiny budget, from the stage times of one `make table1` on a fresh clone on this 2-core machine
-(2026-11-25, before the pipeline split; shared with other jobs, the same stages ran 2-40x slower
-while other test suites ran beside them):
-    | stage                                     | tiny settings                      | wall s   |
-    |-------------------------------------------|------------------------------------|----------|
-    | clips of the backbone cache (once)        | 32 + 20 mp4 clips                  | ~5       |
-    | synthetic data (once)                     | GOT 32+8+1 seqs, DAVIS/YT-VOS      | ~5       |
-    | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 3000 steps, batch 8, 1 loader proc | ~120-155 |
-    | collapse, x4 (smoke: measured 0-4 s each) | 16 held-out frames                 | ~1-4     |
-    | vot_train, x4                             | 50 epochs x 64 pairs, batch 8      | ~25      |
-    | vot_val + vot_test, x4                    | 8 + 1 sequences of 24 frames       | ~4       |
-    | vos_train, x4                             | 500 iterations, batch 4, 96 px     | ~33-39   |
-    | vos_val, x4                               | 3 sequences of 12 frames           | ~2       |
-    | total, venv included                      |                                    | ~12 min  |
-    Measured end to end: `make table1` on a fresh clone, venv included, 12 min 15 s (2026-11-25).
-A second table, or a rerun with another --out, reuses the three backbones of runs/backbones_tiny.
+(2026-12-01; its first 10 minutes shared the cores with a full test suite run):
+    | stage                                     | tiny settings                       | wall s  |
+    |-------------------------------------------|-------------------------------------|---------|
+    | synthetic data (once)                     | GOT-10k 32 + 32 + 1 seqs, DAVIS 6+12 | ~15     |
+    | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 256 clips, 3008 steps, batch 8      | ~130    |
+    | vot_train, x4                             | 150 epochs x 64 pairs, batch 8      | ~80     |
+    | vot_val + vot_test, x4                    | 32 + 1 sequences of 24 frames       | ~12     |
+    | vos_train, x4                             | 500 iterations, batch 4, 96 px      | ~40-55  |
+    | vos_val, x4                               | 12 sequences of 12 frames           | ~5      |
+    Measured end to end: see README ("Known gaps").
 The pre-training numbers are `pipeline.BACKBONE_RECIPE` (shared by every table); the fine-tuning
 numbers are `FINETUNE_RECIPE` below.
 """
