@@ -30,24 +30,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reproduce.timing import seconds_per_call, sync  # noqa: E402
 from tasks import pointcloud as P  # noqa: E402
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, n: int, warmup: int, device) -> float:
-    """Seconds per call of fn() after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / n
 
 
 def main(argv=None):
@@ -101,12 +87,12 @@ def main(argv=None):
                 opt.step()
             if gpu:
                 torch.cuda.reset_peak_memory_stats(device)
-            train_rate = batch / _timed(step, steps, 1 if not gpu else 3, device)
+            train_rate = batch / seconds_per_call(step, steps, 1 if not gpu else 3, device)
             model.eval()
             z1, x1 = b["z"][:1], b["x"][:1]
             with torch.no_grad(), ctx():
-                fwd = _timed(lambda: model(z1, x1), max(frames // 2, 3), 2, device)
-                tok = _timed(lambda: (model.tokenizer(z1), model.tokenizer(x1)), max(frames // 2, 3), 2, device)
+                fwd = seconds_per_call(lambda: model(z1, x1), max(frames // 2, 3), 2, device)
+                tok = seconds_per_call(lambda: (model.tokenizer(z1), model.tokenizer(x1)), max(frames // 2, 3), 2, device)
             tracker = P.PointTracker(model, device=device)
             done, seconds = 0, 0.0
             with ctx():

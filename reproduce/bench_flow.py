@@ -23,31 +23,16 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reproduce.timing import seconds_per_call, sync  # noqa: E402
 from tasks import flow  # noqa: E402
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, n: int, warmup: int, device) -> float:
-    """Seconds per call of fn, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / n
 
 
 def bench(model, device, amp: bool, batch: int, steps: int, frames: int, tile_batch: int,
@@ -68,7 +53,7 @@ def bench(model, device, amp: bool, batch: int, steps: int, frames: int, tile_ba
         opt.step()
 
     model.train()
-    row = {"train_samples_per_s": batch / _timed(train_step, steps, 1, device)}
+    row = {"train_samples_per_s": batch / seconds_per_call(train_step, steps, 1, device)}
     model.eval()
     tiles = torch.randn(tile_batch, 3, h, w, generator=g).to(device)
 
@@ -77,7 +62,7 @@ def bench(model, device, amp: bool, batch: int, steps: int, frames: int, tile_ba
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             model(tiles, tiles)
 
-    row["tile_forward_per_s"] = tile_batch / _timed(tile_forward, steps, 1, device)
+    row["tile_forward_per_s"] = tile_batch / seconds_per_call(tile_forward, steps, 1, device)
     rng = np.random.default_rng(0)
     frame1, frame2 = ((rng.random((436, 1024, 3)) * 255).astype(np.uint8) for _ in range(2))
     for overlap in (0.7, 0.9):
@@ -88,10 +73,10 @@ def bench(model, device, amp: bool, batch: int, steps: int, frames: int, tile_ba
             row["sintel_fps_overlap0.9_derived"] = True
             continue
         pred = flow.Predictor(model, device, overlap=overlap, tile_batch=tile_batch, amp=amp)
-        sec = _timed(lambda: pred(frame1, frame2), frames, 0 if device.type == "cpu" else 1, device)
+        sec = seconds_per_call(lambda: pred(frame1, frame2), frames, 0 if device.type == "cpu" else 1, device)
         row[f"sintel_fps_overlap{overlap}"] = 1 / sec
     full = flow.Predictor(model, device, mode="full", amp=amp)
-    row["full_frame_fps"] = 1 / _timed(lambda: full(frame1, frame2), frames, 1, device)
+    row["full_frame_fps"] = 1 / seconds_per_call(lambda: full(frame1, frame2), frames, 1, device)
     return row
 
 

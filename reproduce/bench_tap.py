@@ -29,12 +29,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reproduce.timing import sync  # noqa: E402
 from tasks import tap  # noqa: E402
 
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_train(model, device, pairs: int, queries: int, steps: int, warmup: int, amp: str) -> float:
@@ -61,11 +58,11 @@ def bench_train(model, device, pairs: int, queries: int, steps: int, warmup: int
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     model.eval()
     return pairs * steps / (time.perf_counter() - start)
 
@@ -78,11 +75,11 @@ def bench_track(model, device, frames: int, queries: int, pair_batch: int, amp: 
     rng = np.random.default_rng(0)
     qp = np.stack([np.zeros(queries), rng.uniform(0, S, queries), rng.uniform(0, S, queries)], -1)
     tap.track_queries(model, video, qp, pair_batch=pair_batch, amp=amp)         # warm-up
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         tap.track_queries(model, video, qp, pair_batch=pair_batch, amp=amp)
-    _sync(device)
+    sync(device)
     return queries * frames * repeats / (time.perf_counter() - start)
 
 

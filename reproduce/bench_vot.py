@@ -27,13 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reproduce.timing import sync  # noqa: E402
 from tasks import vot  # noqa: E402
 from tasks import vot_data as vd  # noqa: E402
 
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_tracker(model, device, amp: bool, frames: int, warmup: int) -> dict:
@@ -43,11 +40,11 @@ def bench_tracker(model, device, amp: bool, frames: int, warmup: int) -> dict:
     tracker.initialize(video[0], boxes[0].tolist())
     for t in range(1, warmup + 1):
         tracker.track(video[t])
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for t in range(warmup + 1, warmup + 1 + frames):
         tracker.track(video[t])
-    _sync(device)
+    sync(device)
     return {"fps": frames / (time.perf_counter() - start)}
 
 
@@ -60,11 +57,11 @@ def bench_forward(model, device, amp: bool, frames: int, warmup: int) -> dict:
     with torch.autocast(device.type, dtype=dtype, enabled=amp):
         for _ in range(warmup):
             model(z, x)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(frames):
             model(z, x)
-        _sync(device)
+        sync(device)
     return {"fps": frames / (time.perf_counter() - start)}
 
 
