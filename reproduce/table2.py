@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO))
 
 from reproduce import pipeline as pl  # noqa: E402
 from reproduce import table1  # noqa: E402
-from reproduce.table3 import split_finetuned, without_backbone  # noqa: E402
+from reproduce.table3 import main_with_finetuned  # noqa: E402
 
 PAPER = {
     "ostrack_got10k": {"label": "OSTrack-384 (MAE IN1K), GOT-10k test", "AO": 73.7, "SR50": 83.2, "SR75": 70.8},
@@ -283,13 +283,7 @@ TABLE = pl.Table(
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    finetuned, rest = split_finetuned(argv, ROWS.values())
-    FINETUNED.clear()
-    FINETUNED.update(finetuned)
-    TABLE.rows = {k: without_backbone(v, finetuned) for k, v in ROWS.items()}
-    TABLE.collapse_check = not finetuned      # a fine-tuned file has no backbone of ours to check
-    return pl.main(TABLE, rest)
+    return main_with_finetuned(TABLE, ROWS, FINETUNED, argv)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,20 @@ def without_backbone(rows: list, finetuned: dict) -> list:
 FINETUNED: dict = {}                     # row id -> fine-tuned file, set by main()
 
 
+def main_with_finetuned(table, rows: dict, finetuned_store: dict, argv=None) -> int:
+    """`pl.main(table)` for a table whose rows may take `--finetuned ROW=PATH` (Tables 2 and 3):
+    those rows lose their backbone (`without_backbone`), `finetuned_store` gets {row: path} for
+    the table's stages, and the collapse check is off when any row is fine-tuned (such a file
+    has no backbone of ours to check)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    finetuned, rest = split_finetuned(argv, rows.values())
+    finetuned_store.clear()
+    finetuned_store.update(finetuned)
+    table.rows = {k: without_backbone(v, finetuned) for k, v in rows.items()}
+    table.collapse_check = not finetuned
+    return pl.main(table, rest)
+
+
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
@@ -198,13 +212,7 @@ TABLE = pl.Table(
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    finetuned, rest = split_finetuned(argv, TABLE.rows.values())
-    FINETUNED.clear()
-    FINETUNED.update(finetuned)
-    TABLE.rows = {k: without_backbone(v, finetuned) for k, v in ROWS.items()}
-    TABLE.collapse_check = not finetuned      # a fine-tuned file has no backbone of ours to check
-    return pl.main(TABLE, rest)
+    return main_with_finetuned(TABLE, ROWS, FINETUNED, argv)
 
 
 if __name__ == "__main__":

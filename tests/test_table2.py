@@ -77,14 +77,15 @@ def test_released_tracker_runs_only_the_test_stages(tmp_path, smoke, smoke_backb
 
 
 def test_finetuned_flag_errors():
+    from reproduce.table3 import split_finetuned, without_backbone       # shared by Tables 2 and 3
     rows = t2.ROWS.values()
     with pytest.raises(SystemExit, match="ROW one of"):
-        t2.split_finetuned(["--finetuned", "nosuchrow=x.pth"], rows)
+        split_finetuned(["--finetuned", "nosuchrow=x.pth"], rows)
     with pytest.raises(SystemExit, match="no such file"):
-        t2.split_finetuned(["--finetuned", "droptrack_full=/nonexistent.pth.tar"], rows)
-    found, rest = t2.split_finetuned(["--smoke", f"--finetuned=droptrack_full={__file__}"], rows)
+        split_finetuned(["--finetuned", "droptrack_full=/nonexistent.pth.tar"], rows)
+    found, rest = split_finetuned(["--smoke", f"--finetuned=droptrack_full={__file__}"], rows)
     assert found == {"droptrack_full": str(Path(__file__).resolve())} and rest == ["--smoke"]
-    assert [r.source for r in t2.without_backbone(t2.ROWS["full"], found)] == ["pretrain", "ckpt", "none", "ckpt"]
+    assert [r.source for r in without_backbone(t2.ROWS["full"], found)] == ["pretrain", "ckpt", "none", "ckpt"]
 
 
 def test_benchmark_layouts_read_back_as_the_source_sequences(tmp_path):
