@@ -876,7 +876,9 @@ def train(args) -> Path:
     # model, and where it starts from: --resume (this stage), --init (the previous stage's
     # flow checkpoint) or --pretrained (a backbone file); none of them = from scratch
     model = build_model(args.model, crop=cfg["crop"])
-    resume = dropmae.latest_checkpoint(args.output) if args.resume == "auto" else (args.resume or None)
+    # the newest readable checkpoint (a corrupt newer one is moved aside, named) or --resume PATH
+    resume, ckpt = dropmae.resume_checkpoint(args.output, args.resume,
+                                             required=("model", "optimizer", "step", "rng"))
     init_ckpt = None
     if args.init:
         init_model, init_ckpt = load_flow_checkpoint(args.init)
@@ -903,7 +905,6 @@ def train(args) -> Path:
     optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=cfg["betas"], eps=1e-8)
     step = 0
     if resume:
-        ckpt = dropmae.load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]

@@ -724,7 +724,9 @@ def train(args) -> Path:
         print(json.dumps(config, indent=1, default=str))
     # model
     model = DropMAETAP(tap)
-    resume = dropmae.latest_checkpoint(args.output) if args.resume == "auto" else args.resume
+    # the newest readable checkpoint (a corrupt newer one is moved aside, named) or --resume PATH
+    resume, ckpt = dropmae.resume_checkpoint(args.output, args.resume,
+                                             required=("model", "optimizer", "scaler", "step", "epoch", "rng"))
     if args.pretrained and not resume:
         load_backbone(args.pretrained, model, verbose=dropmae.is_main())
     model.to(device)
@@ -739,7 +741,6 @@ def train(args) -> Path:
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step, epoch = 0, 0
     if resume:
-        ckpt = dropmae.load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
