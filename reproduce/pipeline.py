@@ -114,7 +114,8 @@ class Row:
     `source`: 'none' (random init), 'pretrain' (ours: the `video` set, `epochs` (None: the
     scale's recipe), ASAD ratio `P`, `image_mae`, further dropmae.py flags `pretrain_args`) or
     'ckpt' (someone else's weights from `--ckpt ID=PATH`, converted by the rule `weights`: a key
-    of CONVERTERS or UNSUPPORTED). `paper`: the key of the paper's row printed beside it
+    of CONVERTERS or UNSUPPORTED) or 'baseline' (no network at all, e.g. a box held at its
+    first position: no backbone and no collapse check; the table's stages say what it does). `paper`: the key of the paper's row printed beside it
     (default: `id`). A pretrain row given `--ckpt ID=PATH` uses that file instead of pre-training.
     """
     id: str
@@ -159,6 +160,11 @@ TINY_ROWS = (Row("none", "No pre-training"),
              pretrained("image_mae", "MAE (1 frame)", "k400", image_mae=True),
              pretrained("twinmae", "TwinMAE", "k400"),
              pretrained("dropmae", "DropMAE", "k400", P=0.1))
+
+
+def baseline(id, method):
+    """A row without a network (what the learnt rows are measured against)."""
+    return Row(id, method, source="baseline")
 
 
 def tiny_rows(paper: dict | None = None, ids=None) -> list[Row]:
@@ -855,7 +861,7 @@ class SeedRun:
             first = [CONVERT]
         elif row.source == "pretrain":
             first = [PRETRAIN]
-        if self.table_run.heldout:
+        if self.table_run.heldout and row.source != "baseline":
             first.append(COLLAPSE)
         return first + [s for s in self.table_run.table.stages if s.rows is None or s.rows(row)]
 

@@ -133,6 +133,10 @@ FULL_ROWS = [
 # Tiny rows: printed beside the paper's 400-epoch K400 rows (the official default schedule).
 TINY_ROWS = pl.tiny_rows({"none": "none", "image_mae": "mae_in1k", "twinmae": "twinmae_k400_400",
                           "dropmae": "dropmae_k400_400"})
+# and, at tiny scale, what a learnt row must beat to say it tracks or segments at all: the first
+# frame's box held in every frame (GOT-10k val), the first frame's masks held (DAVIS val)
+HOLD = pl.baseline("hold", "First box / first masks held (no network)")
+TINY_ROWS = TINY_ROWS + [HOLD]
 
 # --------------------------------------------------------------------------------------------
 # Fine-tuning recipes per scale. Full: the paper's (every flag not given is the script's
@@ -216,8 +220,40 @@ def _vot_test(ctx, row: Row, dataset: str) -> dict:
     return result
 
 
+def hold_got10k(ctx, row: Row) -> dict:
+    """The baseline on GOT-10k val: every frame's box is the first frame's, scored by eval.sot."""
+    from eval import sot
+    root, out = Path(ctx.data["got10k"]), ctx.folder(row, "got10k", "got10k_val")
+    for seq in sot.read_sequence_list(root / "val" / "list.txt"):
+        gt = sot.read_boxes(root / "val" / seq / "groundtruth.txt")
+        (out / seq).mkdir(parents=True, exist_ok=True)
+        (out / seq / f"{seq}_001.txt").write_text(("%.4f,%.4f,%.4f,%.4f\n" % tuple(gt[0])) * len(gt))
+    scores = sot.score_got10k(out, root, "val")
+    return {k: scores[k] for k in ("AO", "SR0.5", "SR0.75")}
+
+
+def hold_davis(ctx, row: Row) -> dict:
+    """The baseline on DAVIS-17 val: every frame's masks are the first frame's, scored by eval.davis."""
+    import shutil
+
+    from eval import davis
+    root, out = Path(ctx.data["davis"]), ctx.folder(row, "davis17_val")
+    for seq in davis.read_sequence_list(root, "val", 2017):
+        paths = davis.annotation_paths(root, seq)
+        (out / seq).mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            shutil.copyfile(paths[0], out / seq / p.name)
+    res = davis.evaluate_davis(root, out, "val", 2017)
+    return {"J&F": 100 * res["J&F-Mean"], "J": 100 * res["J-Mean"], "F": 100 * res["F-Mean"],
+            "sequences": res["n_sequences"]}
+
+
+def learnt(row: Row) -> bool:
+    return row.source != "baseline"
+
+
 def stage_vot_val(ctx, row: Row) -> dict:
-    return _vot_test(ctx, row, "got10k_val")
+    return _vot_test(ctx, row, "got10k_val") if learnt(row) else hold_got10k(ctx, row)
 
 
 def stage_vot_test(ctx, row: Row) -> dict:
@@ -237,6 +273,8 @@ def stage_vos_train(ctx, row: Row) -> dict:
 
 
 def stage_vos_val(ctx, row: Row) -> dict:
+    if not learnt(row):
+        return hold_davis(ctx, row)
     ckpt = ctx.out / ctx.result(row, "vos_train")["checkpoint"]
     out = ctx.folder(row, "davis17_val")
     cmd = ctx.launcher("tasks/vos.py", train=False) + [
@@ -250,9 +288,9 @@ def stage_vos_val(ctx, row: Row) -> dict:
             "sequences": res["n_sequences"]}
 
 
-STAGES = [pl.Stage("vot_train", stage_vot_train, every_node=True), pl.Stage("vot_val", stage_vot_val),
-          pl.Stage("vot_test", stage_vot_test), pl.Stage("vos_train", stage_vos_train, every_node=True),
-          pl.Stage("vos_val", stage_vos_val)]
+STAGES = [pl.Stage("vot_train", stage_vot_train, every_node=True, rows=learnt), pl.Stage("vot_val", stage_vot_val),
+          pl.Stage("vot_test", stage_vot_test, rows=learnt),
+          pl.Stage("vos_train", stage_vos_train, every_node=True, rows=learnt), pl.Stage("vos_val", stage_vos_val)]
 
 COLUMNS = [pl.Column("pretrain_h", "pretrain", key="hours", header="PT h", fmt=".3g")]
 COLUMNS += [pl.Column(m, "vot_val") for m in METRICS[:3]] + [pl.Column(m, "vos_val") for m in METRICS[3:]]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reproduce import pipeline as pl
@@ -49,9 +50,9 @@ def test_smoke_run_writes_a_complete_table(smoke):
     """Every row of the table is numbered in every cell; the GOT-10k server zip is written."""
     lines = (smoke["out"] / "table1.csv").read_text().splitlines()
     recs = list(csv.DictReader(lines[1:]))                       # line 0 is the banner
-    assert [r["row"] for r in recs] == ["none", "image_mae", "twinmae", "dropmae"]
+    assert [r["row"] for r in recs] == ["none", "image_mae", "twinmae", "dropmae", "hold"]
     assert all(r["status"] == "done" for r in recs)              # every tiny row can run
-    for r in recs:
+    for r in recs[:4]:
         for m in t1.METRICS:
             assert 0.0 <= float(r[f"{m}_ours"]) <= 100.0, (r["row"], m)
             assert float(r[f"{m}_paper"]) > 50.0
@@ -60,7 +61,37 @@ def test_smoke_run_writes_a_complete_table(smoke):
     assert pre["none"] == "" and all(float(pre[k]) > 0 for k in ("image_mae", "twinmae", "dropmae"))
     assert (smoke["out"] / "seed0" / "dropmae" / "got10k" / "got10k_test.zip").is_file()   # for the server
     md = (smoke["out"] / "table1.md").read_text()
-    assert md.count("\n| ") == 5                                  # header + 4 rows
+    assert md.count("\n| ") == 6                                  # header + 5 rows
+
+
+def test_the_baseline_row_holds_the_first_box_and_the_first_masks(smoke):
+    """The no-network row: no backbone, no training; its AO is that of the first GT box held
+    (per-frame IoUs by eval.sot's rules, recomputed here from the GT files) and its J&F that of
+    the first masks held, which on frames identical to frame 0 is perfect."""
+    from eval import davis, sot
+    hold = next(r for r in csv.DictReader((smoke["out"] / "table1.csv").read_text().splitlines()[1:])
+                if r["row"] == "hold")
+    assert all(hold[f"{m}_paper"] == "" for m in t1.METRICS) and hold["pretrain_h_ours"] == ""
+    done = {p.stem for p in (smoke["out"] / "seed0" / "hold").glob("*.json")}
+    assert done == {"vot_val", "vos_val"}                                   # no pretrain / train stages
+    got = Path(json.loads((smoke["out"] / "data" / "data.json").read_text())["result"]["paths"]["got10k"])
+    ious = []
+    for seq in sot.read_sequence_list(got / "val" / "list.txt"):
+        gt = sot.read_boxes(got / "val" / seq / "groundtruth.txt")
+        cover = sot.read_numbers(got / "val" / seq / "cover.label")
+        bound = sot.read_got10k_resolution(got / "val" / seq / "meta_info.ini")
+        ious.append(sot.got10k_sequence_ious(gt[[0] * len(gt)], gt, cover, bound))
+    assert float(hold["AO_ours"]) == pytest.approx(100 * np.concatenate(ious).mean(), abs=0.01)
+    assert 0.0 < float(hold["AO_ours"]) < 100.0
+    root = Path(json.loads((smoke["out"] / "data" / "data.json").read_text())["result"]["paths"]["davis"])
+    per_object = []                               # J: IoU of each first mask with its later masks
+    for seq in davis.read_sequence_list(root, "val", 2017):
+        gt = [davis.read_index_png(p) for p in davis.annotation_paths(root, seq)[:-1]]   # last: unscored
+        for k in range(1, int(gt[0].max()) + 1):
+            a = gt[0] == k
+            per_object.append(np.mean([(a & (g == k)).sum() / max((a | (g == k)).sum(), 1) for g in gt[1:]]))
+    assert float(hold["J_ours"]) == pytest.approx(100 * np.mean(per_object), abs=0.01)
+    assert 0.0 < float(hold["J&F_ours"]) < 100.0
 
 
 def test_backbones_come_from_the_shared_cache_with_their_collapse_check(smoke):
