@@ -66,9 +66,10 @@ RECIPES = {
 
 
 def make_data(ctx, row) -> dict:
+    from tasks import vos
     out = ctx.folder(row, "vos")
-    ctx.run([sys.executable, "tasks/vos.py", "synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
-             "--davis-train", "1", "--davis-val", str(ctx.recipe["davis_val"]), "--ytvos-videos", "1"])
+    ctx.run_inline(vos.main, ["synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
+                              "--davis-train", "1", "--davis-val", str(ctx.recipe["davis_val"]), "--ytvos-videos", "1"])
     return {"paths": {"davis": str(out / "DAVIS")}}
 
 
@@ -127,7 +128,8 @@ TABLE = pl.Table(
     datasets={"k400": "Kinetics-400 training videos (our TwinMAE / DropMAE K400 rows)",
               "k700": "Kinetics-700 training videos (our DropMAE K700 row)",
               "davis": "DAVIS-2017 trainval root (val split)"},
-    needs_full=("davis",), synthetic=make_data,
+    needs_full=("davis",), synthetic=make_data, share_data=True,
+    smoke_rows=("none", "dropmae"),  # random init (no frame vector) and a pre-trained encoder ("x")
     notes=("paper: the extended version's label-propagation numbers could not be read (specs/paper.md), "
            "so every paper cell is '-'",),
     description=__doc__)
