@@ -28,7 +28,8 @@ backbone pass per object and frame: DAVIS-17 val (30 sequences, 61 objects, 1999
 10 min on one A100.
 
 Commands:
-    make table3                   # tiny synthetic scale (no dataset paths), ~5 min on 2 cores (est.)
+    make table3                   # tiny synthetic scale (no dataset paths), ~5 min on 2 cores (est.;
+                                  #   measured 3:42 with cached backbones at load 10-13)
     make table3 SMOKE=1           # smoke scale, ~1 min (the test suite's)
     # the paper, one node of 8 GPUs, from the released DropMAE K700-800E checkpoint:
     NPROC=8 python -m reproduce.table3 --davis /data/DAVIS/2017/trainval \\

@@ -24,7 +24,8 @@ Hardware and time of the full run: inference only, DAVIS-17 val (30 sequences, 1
 pre-training (Table 1: 84 h on 64 A100s for 1600 K400 epochs).
 
 Commands:
-    make table-correspondence            # tiny synthetic scale, ~9 min on 2 cores (est.; 2 with cached backbones)
+    make table-correspondence            # tiny synthetic scale, ~9 min on 2 cores (est.; measured 1:23
+                                         #   with cached backbones at load 12-13)
     make table-correspondence SMOKE=1    # smoke scale (the test suite's)
     python -m reproduce.table_correspondence --davis /data/DAVIS/2017/trainval \\
         --ckpt mae_in1k=mae_pretrain_vit_base.pth --ckpt dropmae_k700_800=dropmae_k700_800e.pth \\
