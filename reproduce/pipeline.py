@@ -4,7 +4,8 @@ A table is a declaration (`Table`): its rows (`Row`: which initialisation), its 
 a function that runs one command line and returns a result dict), its columns (`Column`: which
 number of which stage's result, beside the paper's), and its recipes per scale. `main(TABLE)`
 then gives it the whole command line: `--smoke`, `--seeds N`, `--rows`, `--out`, `--ckpt
-ROW=PATH`, `--backbones DIR`, `--verbose`, `--stop-after`, the torchrun launch through
+ROW=PATH`, `--finetuned ROW=PATH` (tables that declare `finetuned`), `--backbones DIR`,
+`--verbose`, `--stop-after`, the torchrun launch through
 NPROC / NNODES / NODE_RANK / MASTER_ADDR, the loud tiny-scale banner, and the table as text, CSV
 and Markdown with "paper / ours" (mean ± std over seeds) in every cell.
 
@@ -37,11 +38,17 @@ Declaring a table (a sketch; reproduce/table1.py is the real one):
 Every row's stages: first the pipeline's own — `pretrain` (a backbone from the shared cache,
 below), or `convert` (someone else's checkpoint, `--ckpt ROW=PATH`, by an explicit key rule),
 or nothing (random init) — then `collapse` (the token-cosine check, below) where held-out frames
-exist, then the table's stages in order.
+exist, then the table's stages in order. A row given a fine-tuned model (`--finetuned
+ROW=PATH`: a released tracker or segmenter, or one of ours) runs only the table's test stages:
+no pretrain / convert / collapse, none of the stages declared `finetune=True`; the test stages
+read the model through `ctx.trained(row, <fine-tuning stage>)`, and the table prints, under it,
+which file that row's numbers came from. A table's `smoke_rows` lets `--smoke` run a subset:
+the table still prints every row, the others skipped with the reason.
 
 Run folder (`--out`, default runs/<name>, runs/<name>_tiny, runs/<name>_smoke):
     <out>/<name>_config.json       scale and settings; another scale or recipe is refused
-    <out>/data/                    the tiny/smoke synthetic data (a stage of its own: data.json)
+    <out>/data/                    the tiny/smoke synthetic data (a stage of its own: data.json);
+                                   with Table.share_data a link to <backbones>/data/<key>/data
     <out>/seed<s>/<row>/<stage>.json   one result file per finished stage (written atomically)
     <out>/seed<s>/<row>/logs/<stage>.log   the stage's whole output
     <out>/pipeline.jsonl           one line per stage event (run, done, skip-done, failed, ...)
@@ -53,7 +60,12 @@ inside themselves (`--resume auto`).
 Backbones (`Backbones`): the pre-trained encoders of a scale live in one cache folder shared by
 every table (`--backbones DIR`, default `<out>/../backbones_<scale>`, i.e. runs/backbones_tiny),
 one folder per recipe and seed (`<key>_seed<s>/`: the dropmae.py run folder, its recipe.json and
-backbone.json), plus the synthetic pre-training and held-out clips (`clips/`). Each is built
+backbone.json), plus the synthetic pre-training and held-out clips (`clips/`). A row's
+pre-training source is its `video` (`pretrained(id, method, video)`): k400, k600, k700, mit,
+webvid or folder (the dataset presets of data.py). At full scale its folder is the user's
+`--<video> PATH`; at tiny / smoke scale K400 is the shared clips (`clips/train`) and every other
+source its own synthetic clips in its official layout (`clips/<video>/`, SYNTHETIC_SOURCES:
+other world seed streams, so other scenes), made when a row needs them. Each is built
 once under an `fcntl` lock: two processes (two tables, two pytest-xdist workers) asking for the
 same backbone at once train it once; the other waits and reuses it. A folder pre-trained with
 another recipe is refused, not reused. `BACKBONE_RECIPE` holds the pre-training numbers per
@@ -192,12 +204,15 @@ class Stage:
     `<seed folder>/<row>/<name>.json`. `every_node`: a training stage that every node runs
     (torchrun); the others run on node 0 only, and with `wait` the other nodes wait for node 0's
     result file (a stage whose result a later training stage reads). `rows`: a predicate
-    choosing the rows that run it."""
+    choosing the rows that run it. `finetune`: a fine-tuning stage (its result's "checkpoint" is
+    the model the test stages read, `SeedRun.trained`), not run for a row given a fine-tuned
+    model (`--finetuned ROW=PATH`)."""
     name: str
     fn: Callable
     every_node: bool = False
     rows: Callable | None = None
     wait: bool = False
+    finetune: bool = False
 
 
 @dataclass
@@ -208,7 +223,14 @@ class Table:
     given means full scale; `needs_full` must all be given then); `synthetic(ctx, row)`: the
     tiny/smoke data stage, writing under ctx.folder(row) and returning {"paths": {name: path}};
     `heldout`: the dataset name of held-out video frames for the collapse check at full scale;
-    `collapse_check`: False leaves the collapse stage out; `notes`: lines under the table."""
+    `collapse_check`: False leaves the collapse stage out; `notes`: lines under the table.
+    `finetuned`: what a fine-tuned model of a row is, the help of `--finetuned ROW=PATH` (empty:
+    the table takes none); a row given one runs only its test stages (no pretrain, convert,
+    collapse or `finetune` stage). `smoke_rows`: the row ids a `--smoke` run runs (None: all);
+    the table still prints every row, the others skipped with that reason. `share_data`: the
+    synthetic data depends only on (the `synthetic` function, the scale, the recipe), so it is
+    made once in the backbone cache (`<backbones>/data/<function>_<scale>_<hash>/data`, under a
+    lock) and `<out>/data` links to it: tables declaring the same function and recipe share it."""
     name: str
     title: str
     paper: dict
@@ -223,6 +245,9 @@ class Table:
     collapse_check: bool = True
     notes: tuple = ()
     description: str = ""
+    finetuned: str = ""
+    smoke_rows: tuple | None = None
+    share_data: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +272,15 @@ BACKBONE_RECIPE = {
                   warmup=1, lr=1.5e-3, workers=0, log_every=1),
 }
 VIDEO_SETS = ("k400", "k600", "k700", "mit", "webvid", "folder")   # dataset flags that are pre-training videos
+# The tiny / smoke stand-ins of the other pre-training sources (a row's `video`; K400's are the
+# clips of BACKBONE_RECIPE): (classes, clips per class, make-clips seed), each seed its own world
+# stream (data.world_seed('clips', seed, i)), so every source is other scenes, in its official
+# layout: K600 / K700 <root>/<class>/, MiT <root>/training/<class>/, WebVid one folder of videos
+# (no classes). Sizes: the counts a table shows; fewer clips than K400's give fewer steps.
+SYNTHETIC_SOURCES = {
+    "tiny": {"k600": (6, 3, 11), "k700": (8, 2, 12), "mit": (3, 4, 13), "webvid": (1, 16, 14)},
+    "smoke": {"k600": (3, 2, 11), "k700": (4, 1, 12), "mit": (2, 2, 13), "webvid": (1, 5, 14)},
+}
 COLLAPSE_FRAMES = 16                                     # held-out frames of the collapse check
 
 
@@ -593,10 +627,14 @@ def pretrain_hours(run: Path) -> tuple[float, str, int]:
 class Backbones:
     """Pre-trained backbones of one scale in one folder, shared by every table and process.
 
-    `clips()`: at tiny/smoke scale the synthetic Kinetics-400-layout mp4 clips the backbones are
-    pre-trained on (`clips/train`) and held-out clips (`clips/val`), made once; at full scale the
-    user's video folders. `get(row, seed, console)`: the backbone of a pretrain row -> {
-    "checkpoint", "hours", "hardware", "epochs", "folder"}, pre-trained once per (recipe, seed).
+    `clips(console, sources)`: at tiny/smoke scale the synthetic Kinetics-400-layout mp4 clips
+    the backbones are pre-trained on (`clips/train`), held-out clips (`clips/val`) and, for each
+    other pre-training source asked for (a row's `video`: k600, k700, mit, webvid), its own
+    clips in its layout (`clips/<source>/`, SYNTHETIC_SOURCES), each made once; at full scale
+    the user's video folders (`--k400 PATH`, `--k600 PATH`, ...). `get(row, seed, console)`: the
+    backbone of a pretrain row -> {"checkpoint", "hours", "hardware", "epochs", "folder",
+    "recipe"} (the recipe names the preset and folder it was pre-trained on), pre-trained once
+    per (recipe, seed).
     """
 
     def __init__(self, folder, scale: str, videos: dict | None = None, dist: dict | None = None):
@@ -605,11 +643,19 @@ class Backbones:
         self.dist = dist or {"nproc": 1, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1",
                              "master_port": 29511}
 
-    def clips(self, console: Console | None = None) -> dict:
-        """{video set name: folder}; tiny/smoke: 'k400' (train) and 'k400_val' (held out)."""
+    def clips(self, console: Console | None = None, sources=()) -> dict:
+        """{video set name: folder}; tiny/smoke: 'k400' (train), 'k400_val' (held out) and every
+        one of `sources` other than those (its synthetic stand-in)."""
         if self.scale == "full":
             return self.videos
         console = console or Console()
+        found = self._k400_clips(console)
+        for source in dict.fromkeys(sources):
+            if source not in found:
+                found[source] = self._source_clips(source, console)
+        return found
+
+    def _k400_clips(self, console: Console) -> dict:
         c = self.recipe["clips"]
 
         def build():
@@ -631,10 +677,35 @@ class Backbones:
                              f"now {c}): delete the folder or pass another --backbones")
         return {"k400": done["k400"], "k400_val": done["k400_val"]}
 
+    def _source_clips(self, source: str, console: Console) -> str:
+        """The synthetic clips of one more pre-training source -> its root, `clips/<source>`."""
+        known = SYNTHETIC_SOURCES[self.scale]
+        if source not in known:
+            raise SystemExit(f"no synthetic {source!r} videos at {self.scale} scale: the synthetic sources "
+                             f"are k400 and {sorted(known)}")
+        classes, per_class, seed = known[source]
+        recipe = {"classes": classes, "per_class": per_class, "seed": seed}
+        root = self.folder / "clips" / source
+        folder = root / "training" if source == "mit" else root       # MiT: <root>/training/<class>/
+
+        def build():
+            log = self.folder / "clips" / f"make-clips-{source}.log"
+            cmd = [sys.executable, "data.py", "make-clips", "--out", str(folder), "--classes", str(classes),
+                   "--per-class", str(per_class), "--seed", str(seed), "--codec", "mpeg4"]
+            if run_command(cmd, log, console) != 0:
+                raise StageFailed(f"synthetic {source} clips failed: {' '.join(cmd)}; log {log}\n{tail(log)}")
+            return {"recipe": recipe, "code": code_version(), "root": str(root)}
+        done = once(self.folder / "clips" / f"{source}.json", build, f"the synthetic {source} clips", console.say)
+        _warn_if_other_code(done, root, console.say)
+        if done["recipe"] != recipe:
+            raise SystemExit(f"{root} holds {source} clips of another recipe ({done['recipe']}, now {recipe}): "
+                             "delete it or pass another --backbones")
+        return done["root"]
+
     def command(self, row: Row, seed: int, run: Path) -> tuple[list[str], dict]:
         """The dropmae.py pretrain command of a row and seed, and its recipe (what identifies it)."""
         r = self.recipe
-        videos = self.clips() if self.scale != "full" else self.videos
+        videos = self.clips(sources=[row.video]) if self.scale != "full" else self.videos
         if row.video not in videos:
             raise SystemExit(f"row {row.id} pre-trains on {row.video!r}; at {self.scale} scale the backbones "
                              f"have {sorted(videos)}" + (" (the synthetic clips)" if self.scale != "full" else ""))
@@ -832,16 +903,31 @@ class SeedRun:
         return read_json(path)["result"] if path.is_file() else None
 
     def backbone(self, row: Row) -> Path | None:
-        """The checkpoint a row's downstream stages start from; None: random init."""
+        """The checkpoint a row's downstream stages start from; None: random init (and a row
+        given a fine-tuned model, which has no backbone stage)."""
         first = {"pretrain": "pretrain", "ckpt": "convert"}.get(row.source)
         if row.id in self.table_run.ckpts:
             first = "convert"
-        if first is None:
+        if first is None or self.released(row):
             return None
         res = self.result(row, first)
         if res is None:
             raise StageFailed(f"{row.id}: no {first} result yet in {self.out}")
         return self.out / res["checkpoint"]                 # absolute paths stay absolute
+
+    def released(self, row: Row) -> bool:
+        """Whether the row was given a fine-tuned model (`--finetuned ROW=PATH`)."""
+        return row.id in self.table_run.finetuned
+
+    def trained(self, row: Row, stage: str) -> Path:
+        """The fine-tuned model a test stage reads: the `--finetuned` file of the row, else the
+        checkpoint in the result of its fine-tuning stage `stage`."""
+        if self.released(row):
+            return Path(self.table_run.finetuned[row.id])
+        res = self.result(row, stage)
+        if res is None:
+            raise StageFailed(f"{row.id}: no {stage} result yet in {self.out}")
+        return self.out / res["checkpoint"]
 
     def launcher(self, script: str, train: bool) -> list[str]:
         return launcher(script, self.dist, train)
@@ -855,7 +941,29 @@ class SeedRun:
         if code != 0:
             raise StageFailed(f"{row.id}/{stage}: exit code {code}; full output: {log}\n{tail(log)}")
 
+    def run_inline(self, main: Callable, argv: list[str], log: Path | None = None):
+        """Run a script's `main(argv)` in this process, its printed output to the stage's log: for
+        the data-writing commands of the synthetic data stage, which then cost no interpreter and
+        torch start-up of their own (the same command line as `python <script> <argv>`)."""
+        import contextlib
+        row, stage = self.current
+        log = log or self.folder(row, "logs", f"{stage}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            print(f"$ {main.__module__}.main({argv})", flush=True)
+            try:
+                main(argv)
+            except SystemExit as err:
+                if err.code not in (None, 0):
+                    raise StageFailed(f"{row.id}/{stage}: {main.__module__} {' '.join(argv)} exited with "
+                                      f"{err.code}; full output: {log}") from None
+
     def stages(self, row: Row) -> list[Stage]:
+        """The pipeline's first stages of the row, then the table's that the row runs; a row given
+        a fine-tuned model runs only the table's test stages (none of `finetune`)."""
+        mine = [s for s in self.table_run.table.stages if s.rows is None or s.rows(row)]
+        if self.released(row):
+            return [s for s in mine if not s.finetune]
         first = []
         if row.id in self.table_run.ckpts or row.source == "ckpt":
             first = [CONVERT]
@@ -863,7 +971,7 @@ class SeedRun:
             first = [PRETRAIN]
         if self.table_run.heldout and row.source != "baseline":
             first.append(COLLAPSE)
-        return first + [s for s in self.table_run.table.stages if s.rows is None or s.rows(row)]
+        return first + mine
 
     def stage(self, row: Row, stage: Stage, label: str):
         """Run one stage unless its result file exists; write the result file when it ends."""
@@ -893,7 +1001,12 @@ class SeedRun:
 
     def skip_reason(self, row: Row) -> str | None:
         """Why a row cannot run here (missing data or weights, unsupported conversion), or None."""
-        ckpts = self.table_run.ckpts
+        ckpts, run = self.table_run.ckpts, self.table_run
+        if run.smoke_only is not None and row.id not in run.smoke_only:
+            return (f"not run at smoke scale (the smoke run runs {', '.join(run.smoke_only)}, the same "
+                    "stages; --rows to choose)")
+        if self.released(row):
+            return None
         if row.source == "ckpt" or row.id in ckpts:
             if row.weights in UNSUPPORTED:
                 return f"conversion unsupported: {UNSUPPORTED[row.weights]}"
@@ -936,11 +1049,16 @@ class TableRun:
     """One invocation of a table: scale, run folder, seeds, data, backbones, launch settings."""
 
     def __init__(self, table: Table, scale: str, out, seeds, videos=None, datasets=None, ckpts=None,
-                 dist=None, backbones=None, verbose=False, stop_after=None, stream=None):
+                 dist=None, backbones=None, verbose=False, stop_after=None, stream=None, finetuned=None,
+                 smoke_only=None):
+        """`finetuned`: {row id: fine-tuned model file} (--finetuned); `smoke_only`: the row ids
+        that run (the others are skipped with that reason; None: all)."""
         self.table, self.scale, self.out = table, scale, Path(out).resolve()
         self.recipe = table.recipes[scale]
         self.backbone_recipe = BACKBONE_RECIPE[scale]
         self.seeds, self.ckpts, self.stop_after = list(seeds), dict(ckpts or {}), stop_after
+        self.finetuned = dict(finetuned or {})
+        self.smoke_only = tuple(smoke_only) if smoke_only is not None else None
         self.dist = dist or {"nproc": 1, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1",
                              "master_port": 29511}
         self.console = Console(verbose, stream)
@@ -969,18 +1087,41 @@ class TableRun:
         banner = BANNERS.get(self.scale)
         if banner:
             self.console.say(f"!!! {banner} !!!  (run folder {self.out})")
+        running = [r for r in rows if r.id not in self.finetuned
+                   and (self.smoke_only is None or r.id in self.smoke_only)]       # rows with a backbone stage
+        collapse = self.table.collapse_check and bool(running)
         if self.scale != "full":
-            if self.table.collapse_check or any(r.source == "pretrain" for r in rows):
-                clips = self.backbones.clips(self.console)
-                self.heldout = clips["k400_val"] if self.table.collapse_check else None
+            sources = [r.video for r in running if r.source == "pretrain" and r.id not in self.ckpts]
+            if collapse or sources:
+                clips = self.backbones.clips(self.console, sources)
+                self.heldout = clips["k400_val"] if collapse else None
                 self.data.update(clips)
             if self.table.synthetic:
-                ctx = SeedRun(self, None)
-                row = Row("data", "synthetic data")
-                ctx.stage(row, Stage("data", self.table.synthetic), "[synthetic data]")
-                self.data.update(ctx.result(row, "data")["paths"])
-        elif self.table.collapse_check and self.table.heldout and self.data.get(self.table.heldout):
+                self.data.update(self.synthetic_data())
+        elif collapse and self.table.heldout and self.data.get(self.table.heldout):
             self.heldout = self.data[self.table.heldout]
+
+    def synthetic_data(self) -> dict:
+        """The table's tiny / smoke data stage ({name: path}): in <out>/data, or with
+        `share_data` in the backbone cache (made once under a lock) with <out>/data linking to it."""
+        ctx, row = SeedRun(self, None), Row("data", "synthetic data")
+        stage = Stage("data", self.table.synthetic)
+        if not self.table.share_data:
+            ctx.stage(row, stage, "[synthetic data]")
+            return ctx.result(row, "data")["paths"]
+        import hashlib
+        import inspect
+        fn = self.table.synthetic
+        module = Path(inspect.getfile(fn)).stem              # also when the table runs as __main__
+        digest = hashlib.sha256(json.dumps(self.recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        ctx.out = self.backbones.folder / "data" / f"{module}.{fn.__name__}_{self.scale}_{digest}"
+        link = self.out / "data"
+        if not link.exists() and not link.is_symlink():
+            ctx.folder(row).mkdir(parents=True, exist_ok=True)
+            link.symlink_to(ctx.folder(row), target_is_directory=True)
+        with locked(ctx.out / "data.lock", f"the synthetic data {ctx.out.name}", self.console.say):
+            ctx.stage(row, stage, f"[synthetic data, shared: {ctx.out}]")
+        return ctx.result(row, "data")["paths"]
 
     def execute(self, rows: list[Row]) -> dict:
         """Every seed, every row -> {seed: {row id: status}}; raises StopRequested."""
@@ -1014,11 +1155,14 @@ def table_records(run: TableRun, rows: list[Row], status: dict) -> list[dict]:
         paper = run.table.paper.get(row.paper_key, {})
         states = [status[s][row.id] for s in seeds]
         worst = next((st for kind in ("failed", "skipped") for st in states if st["status"] == kind), states[0])
-        epochs = row.epochs or (run.backbone_recipe.get("epochs") if row.source == "pretrain" else None)
+        released = run.finetuned.get(row.id, "")
+        epochs = row.epochs or (run.backbone_recipe.get("epochs") if row.source == "pretrain" and not released
+                                else None)
         rec = {"row": row.id, "method": row.method, "data": row.data, "epochs": epochs,
                "paper_row": paper.get("label", row.paper_key) if row.paper_key != row.id else "",
                "scale": SCALE_LABELS[run.scale], "seeds": len(seeds),
-               "status": worst["status"], "reason": worst["reason"], "values": {}, "hardware": ""}
+               "status": worst["status"], "reason": worst["reason"], "values": {}, "hardware": "",
+               "finetuned": released}
         ctxs = [run.seed_run(s) for s in seeds]
         for col in run.table.columns:
             vals = [(c.result(row, col.stage) or {}).get(col.key or col.id) for c in ctxs]
@@ -1073,6 +1217,13 @@ def collapse_lines(recs: list[dict]) -> list[str]:
     return out
 
 
+def finetuned_lines(recs: list[dict]) -> list[str]:
+    """Where the rows given a fine-tuned model (--finetuned) came from."""
+    return [f"{r['method']}{'' if r['data'] == '-' else ' ' + r['data']}: the given fine-tuned model "
+            f"{r['finetuned']} (--finetuned {r['row']}=...); "
+            "its pre-training and fine-tuning did not run here" for r in recs if r.get("finetuned")]
+
+
 def format_text(table: Table, recs: list[dict], scale: str) -> str:
     rows = [_header(table)] + [_cells(table, r) for r in recs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -1084,7 +1235,7 @@ def format_text(table: Table, recs: list[dict], scale: str) -> str:
         bar = "!" * (len(banner) + 8)
         out = [bar, f"!!! {banner} !!!", bar, title + f"  [{banner.lower()}]"]
     hw = sorted({r["hardware"] for r in recs if r["hardware"]})
-    notes = list(table.notes) + ([f"our pre-training ran on {', '.join(hw)}"] if hw else [])
+    notes = list(table.notes) + ([f"our pre-training ran on {', '.join(hw)}"] if hw else []) + finetuned_lines(recs)
     return "\n".join(out + lines + notes + collapse_lines(recs) + ([f"!!! {banner} !!!"] if banner else [])) + "\n"
 
 
@@ -1094,6 +1245,7 @@ def format_markdown(table: Table, recs: list[dict], scale: str) -> str:
     out += [f"{table.title} ({_subtitle(recs)})", "", "| " + " | ".join(_header(table)) + " |",
             "|" + "---|" * len(_header(table))]
     out += ["| " + " | ".join(c.replace("|", "/") for c in _cells(table, r)) + " |" for r in recs]
+    out += ["", *(f"- {line}" for line in finetuned_lines(recs))] if finetuned_lines(recs) else []
     col = collapse_lines(recs)
     if col:
         out += ["", col[0], ""] + [f"- {line.strip()}" for line in col[1:]]
@@ -1143,6 +1295,23 @@ def parse_ckpts(items: list[str], rows: list[Row]) -> dict:
     return ckpts
 
 
+def parse_finetuned(items: list[str], rows: list[Row], ckpts: dict) -> dict:
+    """`--finetuned ROW=PATH` items -> {row id: absolute path}; SystemExit naming the item when the
+    row is not one of the table's, the file does not exist, or the row also has --ckpt."""
+    ids = sorted(r.id for r in rows)
+    found = {}
+    for item in items:
+        row, sep, path = item.partition("=")
+        if not sep or row not in ids:
+            raise SystemExit(f"--finetuned {item}: expected ROW=PATH with ROW one of {ids}")
+        if not Path(path).is_file():
+            raise SystemExit(f"--finetuned {item}: no such file")
+        if row in ckpts:
+            raise SystemExit(f"--finetuned {item}: row {row} also has --ckpt; a fine-tuned model needs no backbone")
+        found[row] = str(Path(path).resolve())
+    return found
+
+
 def build_parser(table: Table) -> argparse.ArgumentParser:
     env = os.environ
     p = argparse.ArgumentParser(description=table.description or table.title,
@@ -1153,10 +1322,16 @@ def build_parser(table: Table) -> argparse.ArgumentParser:
     g.add_argument("--ckpt", action="append", default=[], metavar="ROW=PATH",
                    help="weights for a row: other people's pre-training (converted by the row's rule) or "
                         "a DropMAE checkpoint for one of our pre-training rows (no pre-training then)")
+    if table.finetuned:
+        g.add_argument("--finetuned", action="append", default=[], metavar="ROW=PATH",
+                       help=f"{table.finetuned} for a row: only its test stages run (no pre-training, "
+                            "conversion or fine-tuning); the table says where it came from")
     g = p.add_argument_group("what to run")
     g.add_argument("--smoke", action="store_true", default=env.get("SMOKE", "") not in ("", "0"),
                    help="smoke scale (about 2 min; also SMOKE=1 in the environment)")
-    g.add_argument("--rows", nargs="+", help="row ids to run (default: all of the scale)")
+    g.add_argument("--rows", nargs="+", help="row ids to run (default: all of the scale" + (
+        f"; --smoke runs {', '.join(table.smoke_rows)} and prints the others as skipped)"
+        if table.smoke_rows is not None else ")"))
     g.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="run every row with seeds SEED .. SEED+N-1 (own folders <out>/seed<s>); the table "
                         "gives mean ± std")
@@ -1203,9 +1378,12 @@ def make_run(table: Table, args: argparse.Namespace, stream=None) -> tuple[Table
     dist = {"nproc": args.nproc, "nnodes": args.nnodes, "node_rank": args.node_rank,
             "master_addr": args.master_addr, "master_port": args.master_port}
     videos = {k: v for k, v in given.items() if k in VIDEO_SETS}
+    ckpts = parse_ckpts(args.ckpt, all_rows)
+    finetuned = parse_finetuned(getattr(args, "finetuned", None) or [], all_rows, ckpts)
+    smoke_only = table.smoke_rows if scale == "smoke" and not args.rows else None
     run = TableRun(table, scale, out, range(args.seed, args.seed + args.seeds), videos=videos, datasets=given,
-              ckpts=parse_ckpts(args.ckpt, all_rows), dist=dist, backbones=args.backbones,
-              verbose=args.verbose, stop_after=args.stop_after, stream=stream)
+                   ckpts=ckpts, dist=dist, backbones=args.backbones, verbose=args.verbose,
+                   stop_after=args.stop_after, stream=stream, finetuned=finetuned, smoke_only=smoke_only)
     return run, rows
 
 

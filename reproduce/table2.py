@@ -19,9 +19,9 @@ and is skipped when it exists):
     | ostrack_full      | MAE IN1K (--ckpt)           |   300 epochs           | (eval/sot.py), trackingnet (zip) |
   and `speed` (FPS over the row's test stages). Our GOT-10k numbers are on val (test labels are
   hidden; the test zip is in <row>/got10k_test.zip for the server).
-`--finetuned ROW=PATH` takes a released fine-tuned tracker (official DropTrack / OSTrack
-`.pth.tar`, loaded by tasks/vot.py with --trust-pickle, or a tasks/vot.py checkpoint) for a
-row: no backbone, no training, only its test stages run.
+`--finetuned ROW=PATH` (the pipeline's) takes a released fine-tuned tracker (official DropTrack /
+OSTrack `.pth.tar`, loaded by tasks/vot.py with --trust-pickle, or a tasks/vot.py checkpoint)
+for a row: no backbone, no training, only its test stages run, and the table names the file.
 
 Hardware and time of the full run (specs/vot.md, the official READMEs): the got10k recipe ~6 h
 on 4 A100s (100 epochs x 60k pairs, batch 32 per GPU), the full recipe ~3x that (300 epochs);
@@ -60,7 +60,6 @@ sys.path.insert(0, str(REPO))
 
 from reproduce import pipeline as pl  # noqa: E402
 from reproduce import table1  # noqa: E402
-from reproduce.table3 import main_with_finetuned  # noqa: E402
 
 PAPER = {
     "ostrack_got10k": {"label": "OSTrack-384 (MAE IN1K), GOT-10k test", "AO": 73.7, "SR50": 83.2, "SR75": 70.8},
@@ -103,7 +102,6 @@ RECIPES = {s: _recipe(s) for s in ("full", "tiny", "smoke")}         # full: the
 TEST_DATA = {"got10k_val": "got10k", "got10k_test": "got10k", "lasot": "lasot", "lasot_ext": "lasot_ext",
              "tnl2k": "tnl2k", "trackingnet": "trackingnet"}
 
-FINETUNED: dict = {}                     # row id -> released / fine-tuned tracker, set by main()
 # --------------------------------------------------------------------------------------------
 # Tiny scale: the other benchmarks' layouts, from the synthetic GOT-10k sequences
 # --------------------------------------------------------------------------------------------
@@ -176,10 +174,11 @@ def _copy(src: Path, dst: Path):
 def make_data(ctx, row) -> dict:
     """GOT-10k + LaSOT (`tasks/vot.py synth`), then COCO, TrackingNet, LaSOT_ext, TNL2K and the
     GOT-10k vot split files from a second synthetic folder (seed 1)."""
+    from tasks import vot
     s, d = ctx.recipe, ctx.folder(row)
     for out, seed, n in ((d / "vot", 0, s["synth"]), (d / "vot_src", 1, dict(s["synth"], **s["src"]))):
-        ctx.run([sys.executable, "tasks/vot.py", "synth", "--out", str(out), "--seed", str(seed),
-                 "--train-seqs", str(n["train"]), "--val-seqs", str(n["val"]), "--frames", str(n["frames"])])
+        ctx.run_inline(vot.main, ["synth", "--out", str(out), "--seed", str(seed), "--train-seqs", str(n["train"]),
+                                  "--val-seqs", str(n["val"]), "--frames", str(n["frames"])])
     write_benchmark_layouts(d / "vot_src" / "got10k", d / "vot")
     return {"paths": {name: str(d / "vot" / name) for name in
                       ("got10k", "lasot", "lasot_ext", "tnl2k", "trackingnet", "coco")}}
@@ -218,10 +217,8 @@ def stage_vot_test(ctx, row, dataset: str) -> dict:
     data = ctx.data.get(TEST_DATA[dataset])
     if not data:
         return {"skipped": f"needs --{TEST_DATA[dataset].replace('_', '-')}"}
-    if row.id in FINETUNED:
-        ckpt, extra = FINETUNED[row.id], ["--trust-pickle", "--model", ctx.recipe["model"]]
-    else:
-        ckpt, extra = str(ctx.out / ctx.result(row, "vot_train")["checkpoint"]), []
+    ckpt = str(ctx.trained(row, "vot_train"))
+    extra = ["--trust-pickle", "--model", ctx.recipe["model"]] if ctx.released(row) else []
     out = ctx.folder(row, "tests")
     cmd = ctx.launcher("tasks/vot.py", train=False) + [
         "test", "--dataset", dataset, "--data-path", str(data), "--ckpt", ckpt, "--output", str(out),
@@ -256,7 +253,7 @@ def _test(dataset: str):
                     rows=lambda r: dataset in TESTS[RECIPE_OF[r.id]])
 
 
-STAGES = ([pl.Stage("vot_train", stage_vot_train, every_node=True, rows=lambda r: r.id not in FINETUNED)]
+STAGES = ([pl.Stage("vot_train", stage_vot_train, every_node=True, finetune=True)]
           + [_test(d) for d in (*TESTS["got10k"], *TESTS["full"])] + [pl.Stage("speed", stage_speed)])
 
 COLUMNS = [pl.Column("AO", "got10k_val", header="GOT-10k AO"), pl.Column("SR50", "got10k_val", header="SR0.5"),
@@ -276,15 +273,13 @@ TABLE = pl.Table(
               "lasot": "LaSOT root (training_set.txt / testing_set.txt)", "lasot_ext": "LaSOT_ext root",
               "tnl2k": "TNL2K test root", "trackingnet": "TrackingNet root (TRAIN_0..11, TEST)",
               "coco": "COCO 2017 root (annotations/, train2017/)"},
-    needs_full=("got10k",), synthetic=make_data,
+    needs_full=("got10k",), synthetic=make_data, share_data=True,
+    smoke_rows=("droptrack_got10k", "ostrack_full"),      # one row per tracker and per recipe
+    finetuned="a released fine-tuned tracker (official DropTrack / OSTrack .pth.tar) or a tasks/vot.py checkpoint",
     notes=("TrackingNet test and GOT-10k test: zips in <out>/seed<s>/<row>/tests/ for the servers "
            "(paper: DropTrack TrackingNet AUC 84.1); FPS: ours, on the machine that ran the tests",),
     description=__doc__)
 
 
-def main(argv=None) -> int:
-    return main_with_finetuned(TABLE, ROWS, FINETUNED, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(pl.main(TABLE))

@@ -15,9 +15,10 @@ is skipped when that file exists):
     davis17_val          tasks/vos.py test --dataset davis17_val, scored by eval/davis.py
     davis17_testdev      the DAVIS-17 test-dev submission (PNG folder + submission.zip, server)
     ytvos19_valid        the YouTube-VOS 2019 valid submission (Annotations/ + submission.zip)
-`--finetuned dropseg=PATH` takes a fine-tuned DropSeg instead of training one: a released file
-of github jimmy-dq/DropSeg (`<id>_210000.pth`, converted on load by tasks/vos.py's
-`convert_official_dropseg`) or a tasks/vos.py checkpoint; then only the four test stages run.
+`--finetuned dropseg=PATH` (the pipeline's) takes a fine-tuned DropSeg instead of training one:
+a released file of github jimmy-dq/DropSeg (`<id>_210000.pth`, converted on load by
+tasks/vos.py's `convert_official_dropseg`) or a tasks/vos.py checkpoint; then only the four test
+stages run, and the table names the file.
 The submission folders and zips are listed under the table (their numbers come from the servers).
 
 Hardware and time of the full run: DropSeg fine-tuning 210k iterations at batch 32 on 8 GPUs
@@ -27,7 +28,8 @@ backbone pass per object and frame: DAVIS-17 val (30 sequences, 61 objects, 1999
 10 min on one A100.
 
 Commands:
-    make table3                   # tiny synthetic scale (no dataset paths), ~5 min on 2 cores (est.)
+    make table3                   # tiny synthetic scale (no dataset paths), ~5 min on 2 cores (est.;
+                                  #   measured 3:42 with cached backbones at load 10-13)
     make table3 SMOKE=1           # smoke scale, ~1 min (the test suite's)
     # the paper, one node of 8 GPUs, from the released DropMAE K700-800E checkpoint:
     NPROC=8 python -m reproduce.table3 --davis /data/DAVIS/2017/trainval \\
@@ -76,64 +78,18 @@ RECIPES = {s: _recipe(s) for s in ("full", "tiny", "smoke")}         # full: Dro
 
 
 # --------------------------------------------------------------------------------------------
-# Released fine-tuned models (--finetuned ROW=PATH): only the test stages run for that row
-# --------------------------------------------------------------------------------------------
-
-def split_finetuned(argv: list[str], rows: list) -> tuple[dict, list[str]]:
-    """Take `--finetuned ROW=PATH` items out of argv -> ({row: path}, the other arguments).
-    The row must be a row of the table and the file must exist (else SystemExit with why)."""
-    ids = sorted({r.id for rs in rows for r in rs})
-    found, rest, it = {}, [], iter(argv)
-    for arg in it:
-        if arg == "--finetuned" or arg.startswith("--finetuned="):
-            item = arg.split("=", 1)[1] if "=" in arg and arg.startswith("--finetuned=") else next(it, "")
-            row, sep, path = item.partition("=")
-            if not sep or row not in ids:
-                raise SystemExit(f"--finetuned {item}: expected ROW=PATH with ROW one of {ids}")
-            if not Path(path).is_file():
-                raise SystemExit(f"--finetuned {item}: no such file")
-            found[row] = str(Path(path).resolve())
-        else:
-            rest.append(arg)
-    return found, rest
-
-
-def without_backbone(rows: list, finetuned: dict) -> list:
-    """Rows given a fine-tuned model need no backbone: they become random-init rows (nothing to
-    pre-train or convert), keeping their id, label and paper row."""
-    from dataclasses import replace
-    return [replace(r, source="none", paper=r.paper_key) if r.id in finetuned else r for r in rows]
-
-
-FINETUNED: dict = {}                     # row id -> fine-tuned file, set by main()
-
-
-def main_with_finetuned(table, rows: dict, finetuned_store: dict, argv=None) -> int:
-    """`pl.main(table)` for a table whose rows may take `--finetuned ROW=PATH` (Tables 2 and 3):
-    those rows lose their backbone (`without_backbone`), `finetuned_store` gets {row: path} for
-    the table's stages, and the collapse check is off when any row is fine-tuned (such a file
-    has no backbone of ours to check)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    finetuned, rest = split_finetuned(argv, rows.values())
-    finetuned_store.clear()
-    finetuned_store.update(finetuned)
-    table.rows = {k: without_backbone(v, finetuned) for k, v in rows.items()}
-    table.collapse_check = not finetuned
-    return pl.main(table, rest)
-
-
-# --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
 
 def make_data(ctx, row) -> dict:
     """Synthetic DAVIS-2017 (with the 2016 lists) and YouTube-VOS 2019 layouts; test-dev lists
     the val sequences (the test-dev reader opens only their first-frame annotations)."""
+    from tasks import vos
     out = ctx.folder(row, "vos")
     v = ctx.recipe["vos_synth"]
-    ctx.run([sys.executable, "tasks/vos.py", "synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
-             "--davis-train", str(v["davis_train"]), "--davis-val", str(v["davis_val"]),
-             "--ytvos-videos", str(v["ytvos"])])
+    ctx.run_inline(vos.main, ["synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
+                              "--davis-train", str(v["davis_train"]), "--davis-val", str(v["davis_val"]),
+                              "--ytvos-videos", str(v["ytvos"])])
     davis = out / "DAVIS"
     sets = davis / "ImageSets" / "2017"
     (sets / "test-dev.txt").write_text((sets / "val.txt").read_text())
@@ -158,20 +114,13 @@ def stage_vos_train(ctx, row) -> dict:
     return {"checkpoint": ctx.rel(dropmae.latest_checkpoint(run))}
 
 
-def segmenter(ctx, row) -> str:
-    """The fine-tuned model a test stage reads: --finetuned, else the vos_train checkpoint."""
-    if row.id in FINETUNED:
-        return FINETUNED[row.id]
-    return str(ctx.out / ctx.result(row, "vos_train")["checkpoint"])
-
-
 def vos_test(ctx, row, dataset: str, data: str) -> dict:
     """tasks/vos.py test on one benchmark -> its scores (val) or its submission (test-dev, YT)."""
     if not ctx.data.get(data):
         return {"skipped": f"needs --{data.replace('_', '-')}"}
     out = ctx.folder(row, dataset)
     cmd = ctx.launcher("tasks/vos.py", train=False) + [
-        "test", "--dataset", dataset, "--data-path", str(ctx.data[data]), "--ckpt", segmenter(ctx, row),
+        "test", "--dataset", dataset, "--data-path", str(ctx.data[data]), "--ckpt", str(ctx.trained(row, "vos_train")),
         "--output", str(out), "--resolution", str(ctx.recipe["resolution"])]
     ctx.run(cmd, progress=pl.Progress(r"(\d+)/(\d+) \["))
     timing = json.loads((out / "timing.json").read_text())
@@ -187,7 +136,7 @@ def vos_test(ctx, row, dataset: str, data: str) -> dict:
 
 
 STAGES = [
-    pl.Stage("vos_train", stage_vos_train, every_node=True, rows=lambda r: r.id not in FINETUNED),
+    pl.Stage("vos_train", stage_vos_train, every_node=True, finetune=True),
     pl.Stage("davis16_val", lambda ctx, row: vos_test(ctx, row, "davis16_val", "davis")),
     pl.Stage("davis17_val", lambda ctx, row: vos_test(ctx, row, "davis17_val", "davis")),
     pl.Stage("davis17_testdev", lambda ctx, row: vos_test(ctx, row, "davis17_testdev", "davis_testdev")),
@@ -205,15 +154,12 @@ TABLE = pl.Table(
               "davis": "DAVIS-2017 trainval root (train split for DropSeg, val for both tables)",
               "davis_testdev": "DAVIS-2017 test-dev root (submission for the server)",
               "ytvos": "YouTube-VOS 2019 root (train/ for DropSeg, valid/ for the submission)"},
-    needs_full=("davis",), synthetic=make_data,
+    needs_full=("davis",), synthetic=make_data, share_data=True,
+    finetuned="a fine-tuned DropSeg: a released file of github jimmy-dq/DropSeg or a tasks/vos.py checkpoint",
     notes=("DAVIS-17 test-dev and YouTube-VOS 2019 valid: submission folders and zips under "
            "<out>/seed<s>/<row>/{davis17_testdev,ytvos19_valid}/ (scored by their servers)",),
     description=__doc__)
 
 
-def main(argv=None) -> int:
-    return main_with_finetuned(TABLE, ROWS, FINETUNED, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(pl.main(TABLE))

@@ -33,12 +33,14 @@ Commands:
         --mit /data/Moments_in_Time_Raw --webvid /data/webvid/videos \\
         --got10k /data/got10k --davis /data/DAVIS2017 --ytvos /data/YouTubeVOS2019 --out runs/table4
 
-Tiny scale: each source gets its own synthetic clips in its official layout (K600 / K700:
-<root>/<class>/, MiT: <root>/training/<class>/, WebVid: videos anywhere under <root>) with
-known counts (TINY_SOURCES), K400 the shared backbones' clips; the numbers are labelled tiny
-scale wherever printed. Every row runs the recipe's epochs, so a source with fewer clips gets
-fewer steps (at tiny scale 16 clips against K400's 256): the tiny rows do not compare sources,
-they show that each layout is read, counted, pre-trained on and scored.
+Tiny scale: each row declares its source (its `video`), and the pipeline's backbone cache makes
+that source's synthetic clips in its official layout (K600 / K700: <root>/<class>/, MiT:
+<root>/training/<class>/, WebVid: videos anywhere under <root>), each from its own world seed
+stream, with known counts (pipeline.SYNTHETIC_SOURCES; K400: the shared backbones' clips); the
+numbers are labelled tiny scale wherever printed. Every row runs the recipe's epochs, so a
+source with fewer clips gets fewer steps (at tiny scale 12-18 clips against K400's 256): the
+tiny rows do not compare sources, they show that each layout is read, counted, pre-trained on
+and scored.
 """
 from __future__ import annotations
 
@@ -69,12 +71,6 @@ EPOCHS_FULL = 800
 ROWS = {"full": [replace(pl.pretrained(s, "DropMAE", s, epochs=EPOCHS_FULL, P=0.1), data=LABELS[s]) for s in SOURCES],
         "tiny": [replace(pl.pretrained(s, "DropMAE", s, P=0.1), data=LABELS[s]) for s in SOURCES]}
 
-# The tiny / smoke clips of each source other than K400 (K400: the shared backbones' clips):
-# (classes, clips per class, seed); WebVid's are written without class meaning (any layout).
-TINY_SOURCES = {"tiny": {"k600": (6, 3, 11), "k700": (8, 2, 12), "mit": (3, 4, 13), "webvid": (1, 16, 14)},
-                "smoke": {"k600": (3, 2, 11), "k700": (4, 1, 12), "mit": (2, 2, 13), "webvid": (1, 5, 14)}}
-
-
 def count_videos_actions(preset: str, root) -> tuple[int, int | None]:
     """(videos, actions) of a pre-training folder, counted as the loader lists it
     (`data.list_videos`: the same extensions, hidden files skipped). Actions: the class folders
@@ -87,34 +83,16 @@ def count_videos_actions(preset: str, root) -> tuple[int, int | None]:
     return len(paths), len({p.split("/")[-2] for p in paths})
 
 
-def make_data(ctx, row) -> dict:
-    """Table 1's GOT-10k / DAVIS / YouTube-VOS layouts, and the sources' clips in their layouts."""
-    paths = table1.make_synthetic_data(ctx, row)["paths"]
-    for source, (classes, per_class, seed) in TINY_SOURCES[ctx.scale].items():
-        root = ctx.folder(row, source)
-        clips = root / "training" if source == "mit" else root
-        ctx.run([sys.executable, "data.py", "make-clips", "--out", str(clips), "--classes", str(classes),
-                 "--per-class", str(per_class), "--seed", str(seed), "--codec", "mpeg4"])
-        paths[source] = str(root)
-    return {"paths": paths}
-
-
-def source_of(row) -> tuple[str, str | None]:
-    """(data preset, folder) the row's backbone is pre-trained on: the tiny rows' `--data` /
-    `--data-path` pre-training arguments (`with_tiny_sources`), else the row's video set and
-    the user's folder of it (None: not known here)."""
-    args = dict(zip(row.pretrain_args[::2], row.pretrain_args[1::2]))
-    return args.get("--data", row.video), args.get("--data-path")
-
-
 def stage_data_count(ctx, row) -> dict:
-    """Videos and actions of the folder the row's backbone was pre-trained on."""
-    preset, folder = source_of(row)
-    folder = folder or ctx.data.get(preset)
-    if not folder:
-        return {"videos": None, "actions": None, "reason": f"backbone given with --ckpt: no --{preset} folder to count"}
+    """Videos and actions of the folder the row's backbone was pre-trained on (the preset and
+    folder in its pretrain result's recipe: the user's --<source> folder, or at tiny scale the
+    pipeline's synthetic clips of that source)."""
+    pre = ctx.result(row, "pretrain")
+    if pre is None:
+        return {"videos": None, "actions": None, "reason": "backbone given with --ckpt: no pre-training folder to count"}
+    preset, folder = pre["recipe"]["data"], pre["recipe"]["data_path"]
     videos, actions = count_videos_actions(preset, folder)
-    return {"videos": videos, "actions": actions, "folder": str(folder)}
+    return {"videos": videos, "actions": actions, "preset": preset, "folder": str(folder)}
 
 
 STAGES = [pl.Stage("data_count", stage_data_count)] + [s for s in table1.STAGES if s.name != "vot_test"]
@@ -131,33 +109,14 @@ TABLE = pl.Table(
               "webvid": "WebVid videos (any layout; the 240k or 960k subset)",
               "k400_val": "Kinetics-400 validation videos (the collapse check)",
               "got10k": "GOT-10k root", "davis": "DAVIS-2017 trainval root", "ytvos": "YouTube-VOS 2019 root"},
-    needs_full=("got10k", "davis", "ytvos"), synthetic=make_data, heldout="k400_val",
+    needs_full=("got10k", "davis", "ytvos"), synthetic=table1.make_synthetic_data, heldout="k400_val",
+    smoke_rows=("mit",),            # K400 would redo Table 1's DropMAE row; the others run the same stages
+    share_data=True,                # the same data as figure_p (table1.make_synthetic_data, its recipes)
     notes=("Videos / Actions: ours counted from the pre-training folders (data.list_videos), the paper's as "
            "printed; WebVid is printed beside the paper's 240k row (960k: AO 73.4, SR0.5 85.0, SR0.75 69.5, "
            "J&F 82.9)",),
     description=__doc__)
 
 
-def with_tiny_sources(run: pl.TableRun, rows: list) -> list:
-    """Tiny / smoke: point each non-K400 row's pre-training at its synthetic clips.
-
-    The pipeline's backbone cache pre-trains a tiny row on its own synthetic K400 clips only, so
-    these rows keep video "k400" (what the cache looks up) and add `--data <source> --data-path
-    <out>/data/<source>` to dropmae.py pretrain (the later flag wins), <out>/data/<source> being
-    where make_data writes the source's clips. (With the cache reading a table's own synthetic
-    video sets, these rows would be plain `pl.pretrained(source, ...)` rows, as at full scale.)"""
-    if run.scale == "full":
-        return rows
-    data = run.out / "data"
-    return [r if r.video == "k400" else replace(r, video="k400", pretrain_args=(
-        "--data", r.video, "--data-path", str(data / r.video))) for r in rows]
-
-
-def main(argv=None) -> int:
-    args = pl.build_parser(TABLE).parse_args(argv)
-    run, rows = pl.make_run(TABLE, args)
-    return pl.run_table(run, with_tiny_sources(run, rows))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(pl.main(TABLE))

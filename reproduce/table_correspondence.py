@@ -24,7 +24,8 @@ Hardware and time of the full run: inference only, DAVIS-17 val (30 sequences, 1
 pre-training (Table 1: 84 h on 64 A100s for 1600 K400 epochs).
 
 Commands:
-    make table-correspondence            # tiny synthetic scale, ~9 min on 2 cores (est.; 2 with cached backbones)
+    make table-correspondence            # tiny synthetic scale, ~9 min on 2 cores (est.; measured 1:23
+                                         #   with cached backbones at load 12-13)
     make table-correspondence SMOKE=1    # smoke scale (the test suite's)
     python -m reproduce.table_correspondence --davis /data/DAVIS/2017/trainval \\
         --ckpt mae_in1k=mae_pretrain_vit_base.pth --ckpt dropmae_k700_800=dropmae_k700_800e.pth \\
@@ -66,9 +67,10 @@ RECIPES = {
 
 
 def make_data(ctx, row) -> dict:
+    from tasks import vos
     out = ctx.folder(row, "vos")
-    ctx.run([sys.executable, "tasks/vos.py", "synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
-             "--davis-train", "1", "--davis-val", str(ctx.recipe["davis_val"]), "--ytvos-videos", "1"])
+    ctx.run_inline(vos.main, ["synthetic", "--out", str(out), "--frames", str(ctx.recipe["frames"]),
+                              "--davis-train", "1", "--davis-val", str(ctx.recipe["davis_val"]), "--ytvos-videos", "1"])
     return {"paths": {"davis": str(out / "DAVIS")}}
 
 
@@ -127,7 +129,8 @@ TABLE = pl.Table(
     datasets={"k400": "Kinetics-400 training videos (our TwinMAE / DropMAE K400 rows)",
               "k700": "Kinetics-700 training videos (our DropMAE K700 row)",
               "davis": "DAVIS-2017 trainval root (val split)"},
-    needs_full=("davis",), synthetic=make_data,
+    needs_full=("davis",), synthetic=make_data, share_data=True,
+    smoke_rows=("none", "dropmae"),  # random init (no frame vector) and a pre-trained encoder ("x")
     notes=("paper: the extended version's label-propagation numbers could not be read (specs/paper.md), "
            "so every paper cell is '-'",),
     description=__doc__)

@@ -1,6 +1,6 @@
-"""Tests of reproduce/figure_p.py: a smoke run of two P values (the shared TwinMAE backbone for
-P = 0 and one pre-trained here; the other four run the same stages) writes the table, the
-figure's JSON and CSV, and a PNG only when matplotlib is importable."""
+"""Tests of reproduce/figure_p.py: the smoke run (P = 0.05, pre-trained here; the other five run
+the same stages, and P = 0 / 0.1 are Table 1's TwinMAE / DropMAE rows) writes the table with all
+six rows, the figure's JSON and CSV, and a PNG only when matplotlib is importable."""
 import csv
 import importlib.util
 import json
@@ -29,7 +29,7 @@ def smoke(tmp_path_factory, smoke_backbones):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
     env.pop("SMOKE", None)
     cmd = [sys.executable, "-m", "reproduce.figure_p", "--smoke", "--out", str(out), "--backbones",
-           str(smoke_backbones), "--rows", "p0", "p005"]
+           str(smoke_backbones)]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done.stdout
@@ -39,15 +39,20 @@ def test_smoke_writes_table_json_csv_and_png_only_with_matplotlib(smoke):
     out, stdout = smoke
     fig = json.loads((out / "figure_p.json").read_text())
     assert fig["scale"] == "smoke" and "NOT COMPARABLE" in fig["banner"]
-    assert [p["P"] for p in fig["points"]] == [0.0, 0.05]
+    assert [p["P"] for p in fig["points"]] == list(fp.PS)
     lines = (out / "figure_p_points.csv").read_text().splitlines()
     assert lines[0].startswith("# SMOKE SCALE")
     pts = list(csv.DictReader(lines[1:]))
     table = {r["row"]: r for r in csv.DictReader((out / "figure_p.csv").read_text().splitlines()[1:])}
+    assert list(table) == [fp.row_id(P) for P in fp.PS]
     for p, point in zip(pts, fig["points"]):
+        rec = table[point["row"]]
         for m in fp.METRICS:
+            if point["P"] != 0.05:                                  # not run at smoke scale: no number
+                assert p[m] == "" and point[m] is None and rec["status"] == "skipped"
+                continue
             assert 0.0 <= float(p[m]) <= 100.0
-            assert float(p[m]) == pytest.approx(point[m]) == pytest.approx(float(table[point["row"]][f"{m}_ours"]))
+            assert float(p[m]) == pytest.approx(point[m]) == pytest.approx(float(rec[f"{m}_ours"]))
     has_mpl = importlib.util.find_spec("matplotlib") is not None
     assert (out / "figure_p.png").is_file() == has_mpl
     assert ("no PNG: matplotlib is not installed" in stdout) != has_mpl

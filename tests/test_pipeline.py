@@ -36,20 +36,25 @@ TOY = textwrap.dedent(f'''
 
     def train(ctx, row):
         ctx.run([sys.executable, "-c", TRAIN, SLEEP, str(ctx.seed)])
-        return {{"steps": 3}}
+        model = ctx.folder(row, "model.txt")
+        model.write_text("0")
+        return {{"steps": 3, "checkpoint": ctx.rel(model)}}
 
     def test(ctx, row):
         if row.id == FAIL:
             ctx.run([sys.executable, "-c", "import sys; print('boom: bad input'); sys.exit(3)"])
-        return {{"score": {{"none": 10.0, "other": 20.0}}[row.id] + ctx.seed, "loss": 0.5 * ctx.seed}}
+        bonus = float(ctx.trained(row, "train").read_text())        # a --finetuned model file: its number
+        return {{"score": {{"none": 10.0, "other": 20.0}}[row.id] + ctx.seed + bonus, "loss": 0.5 * ctx.seed}}
 
     ROWS = [pl.Row("none", "No pre-training"), pl.Row("other", "Other", "X", paper="paper_other")]
     TABLE = pl.Table(
         name="toy", title="Toy table",
         paper={{"none": {{"score": 1.5}}, "paper_other": {{"label": "Other X", "score": 2.25}}}},
         columns=[pl.Column("score", "test"), pl.Column("loss", "test", fmt=".2f")],
-        rows={{"full": ROWS, "tiny": ROWS}}, stages=[pl.Stage("train", train, every_node=True), pl.Stage("test", test)],
-        recipes={{"full": {{}}, "tiny": {{}}, "smoke": {{}}}}, collapse_check=False)
+        rows={{"full": ROWS, "tiny": ROWS}},
+        stages=[pl.Stage("train", train, every_node=True, finetune=True), pl.Stage("test", test)],
+        recipes={{"full": {{}}, "tiny": {{}}, "smoke": {{}}}}, collapse_check=False,
+        finetuned="a toy model file (its number is added to the score)", smoke_rows=("none",))
     sys.exit(pl.main(TABLE))
 ''')
 
@@ -141,6 +146,43 @@ def test_stop_after_and_refused_settings(tmp_path):
     assert not (tmp_path / "out" / "seed0" / "none" / "test.json").exists()
     other = toy(tmp_path, "--smoke")
     assert other.returncode != 0 and "holds a tiny-scale run" in other.stderr
+
+
+def test_finetuned_row_runs_only_its_test_stages_and_the_table_names_the_file(tmp_path):
+    """--finetuned other=FILE: no train stage for that row (its `finetune` stage), the test stage
+    reads the file (score 20 + 100), the table says where the model came from; the other row
+    trains as usual. Bad items are refused naming them."""
+    model = tmp_path / "released.txt"
+    model.write_text("100")
+    run = toy(tmp_path, "--finetuned", f"other={model}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = tmp_path / "out" / "seed0"
+    assert sorted(p.name for p in (out / "other").glob("*.json")) == ["test.json"]
+    assert sorted(p.name for p in (out / "none").glob("*.json")) == ["test.json", "train.json"]
+    text = (tmp_path / "out" / "toy.txt").read_text()
+    assert "2.2 / 120.0" in text and "1.5 / 10.0" in text
+    assert f"Other X: the given fine-tuned model {model} (--finetuned other=...)" in text
+    assert f"the given fine-tuned model {model}" in (tmp_path / "out" / "toy.md").read_text()
+    for item, why in ((f"nosuch={model}", "ROW=PATH with ROW one of"), ("other=/no/such/file", "no such file"),
+                      (str(model), "ROW=PATH")):
+        bad = toy(tmp_path, "--finetuned", item, "--out", str(tmp_path / "bad"))
+        assert bad.returncode != 0 and why in bad.stderr, bad.stderr
+    rows = pl.tiny_rows()
+    assert pl.parse_finetuned([f"dropmae={model}"], rows, {}) == {"dropmae": str(model.resolve())}
+    with pytest.raises(SystemExit, match="also has --ckpt"):
+        pl.parse_finetuned([f"dropmae={model}"], rows, {"dropmae": str(model)})
+
+
+def test_smoke_rows_run_a_subset_and_print_every_row(tmp_path):
+    """Table.smoke_rows: --smoke runs those rows; the table still lists every row, the others
+    skipped with the reason; --rows overrides the subset."""
+    run = toy(tmp_path, "--smoke")
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = (tmp_path / "out" / "toy.txt").read_text()
+    assert "1.5 / 10.0" in text and "skipped: not run at smoke scale (the smoke run runs none" in text
+    assert not (tmp_path / "out" / "seed0" / "other").exists()
+    chosen = toy(tmp_path, "--smoke", "--rows", "other", "--out", str(tmp_path / "o"))
+    assert chosen.returncode == 0 and "2.2 / 20.0" in (tmp_path / "o" / "toy.txt").read_text()
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +317,57 @@ def test_backbone_cache_refuses_another_recipe(tmp_path):
     with pytest.raises(SystemExit, match="pre-trained with another recipe"):
         cache.get(row, 0, pl.Console(stream=open(os.devnull, "w")))
     assert [r.backbone_key() for r in pl.tiny_rows()[1:]] == ["image_mae_k400", "twinmae_k400", "dropmae_k400"]
+
+
+def test_a_rows_video_source_gets_its_own_synthetic_clips(smoke_backbones, tmp_path):
+    """Row.video declares the pre-training source: at smoke scale the cache makes that source's
+    clips once, in its layout (MiT: training/<class>/; WebVid: no classes), with the counts of
+    SYNTHETIC_SOURCES and other scenes than K400's; dropmae.py pretrain reads them with the
+    source's preset. A source without a synthetic stand-in is refused."""
+    import data
+    cache = pl.Backbones(smoke_backbones, "smoke")
+    clips = cache.clips(sources=["mit", "webvid"])
+    for source in ("mit", "webvid"):
+        classes, per_class, _ = pl.SYNTHETIC_SOURCES["smoke"][source]
+        videos = data.list_videos(source, clips[source])
+        assert len(videos) == classes * per_class
+        assert all(v.startswith("training/") == (source == "mit") for v in videos)
+    k400 = sorted(Path(clips["k400"]).rglob("*.mp4"))
+    mit = sorted(Path(clips["mit"]).rglob("*.mp4"))
+    assert k400[0].name == mit[0].name and k400[0].read_bytes() != mit[0].read_bytes()    # other scenes
+    assert cache.clips(sources=["mit"])["mit"] == clips["mit"]                            # made once
+    cmd, recipe = cache.command(pl.pretrained("m", "DropMAE", "mit", P=0.1), 0, tmp_path / "m")
+    assert recipe["data"] == "mit" and recipe["data_path"] == clips["mit"]
+    assert cmd[cmd.index("--data") + 1] == "mit" and cmd[cmd.index("--data-path") + 1] == clips["mit"]
+    with pytest.raises(SystemExit, match="no synthetic 'folder' videos"):
+        cache.command(pl.pretrained("f", "DropMAE", "folder"), 0, tmp_path / "f")
+
+
+def test_shared_synthetic_data_is_made_once_for_tables_of_the_same_recipe(tmp_path):
+    """share_data: two tables with the same synthetic function and recipe make the data once, in
+    the backbone cache, each <out>/data linking to it; another recipe makes its own."""
+    made = []
+
+    def synth(ctx, row):
+        made.append(ctx.recipe["n"])
+        ctx.folder(row).mkdir(parents=True, exist_ok=True)
+        (ctx.folder(row) / "x.txt").write_text(str(ctx.recipe["n"]))
+        return {"paths": {"x": str(ctx.folder(row) / "x.txt")}}
+
+    rows = [pl.Row("none", "No pre-training")]
+    devnull = open(os.devnull, "w")
+
+    def prepared(name, n):
+        table = pl.Table(name=name, title=name, paper={}, columns=[], rows={"tiny": rows}, stages=[],
+                         recipes={"tiny": {"n": n}}, synthetic=synth, collapse_check=False, share_data=True)
+        run = pl.TableRun(table, "tiny", tmp_path / name, [0], backbones=tmp_path / "cache", stream=devnull)
+        run.prepare(rows)
+        return run
+    a, b, c = prepared("a", 1), prepared("b", 1), prepared("c", 2)
+    assert made == [1, 2]
+    assert a.data["x"] == b.data["x"] != c.data["x"] and Path(a.data["x"]).is_relative_to(tmp_path / "cache")
+    assert (tmp_path / "b" / "data").is_symlink() and (tmp_path / "b" / "data" / "x.txt").read_text() == "1"
+    assert (tmp_path / "c" / "data" / "x.txt").read_text() == "2"
 
 
 def test_token_cosine_is_one_for_identical_tokens_and_lower_at_random_init():

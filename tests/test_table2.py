@@ -1,5 +1,6 @@
-"""Tests of reproduce/table2.py: the smoke table (every row numbered for its recipe's benchmarks,
-FPS measured, the server zips written), released trackers through --finetuned (test stages only),
+"""Tests of reproduce/table2.py: the smoke table (its two smoke rows, one per tracker and recipe,
+numbered for their recipe's benchmarks, FPS measured, the server zips written; the other two
+rows printed as skipped), released trackers through --finetuned (test stages only),
 and the benchmark layouts re-laid out from synthetic GOT-10k, read back by tasks/vot_data.py.
 The pipeline's kill-and-rerun is tested once, in tests/test_pipeline.py / test_table1.py."""
 import csv
@@ -41,13 +42,19 @@ def records(out):
 
 
 def test_smoke_table_numbers_every_row_on_its_recipes_benchmarks(smoke):
-    """4 rows (2 trackers x 2 recipes); a got10k-recipe row has GOT-10k val numbers and none of the
-    full recipe's benchmarks, a full-recipe row the opposite; FPS is ours for every row; the paper's
-    numbers sit beside ours; the GOT-10k test and TrackingNet zips exist."""
+    """4 rows (2 trackers x 2 recipes), the smoke run running DropTrack got10k and OSTrack full
+    (the other two run the same stages on the other backbone: skipped, with the reason); a
+    got10k-recipe row has GOT-10k val numbers and none of the full recipe's benchmarks, a
+    full-recipe row the opposite; FPS is ours; the paper's numbers sit beside ours; the GOT-10k
+    test and TrackingNet zips exist."""
     out, stdout = smoke
     recs = records(out)
     assert list(recs) == ["droptrack_got10k", "ostrack_got10k", "droptrack_full", "ostrack_full"]
-    for rid, r in recs.items():
+    for rid in ("ostrack_got10k", "droptrack_full"):
+        assert recs[rid]["status"] == "skipped" and "not run at smoke scale" in recs[rid]["reason"]
+        assert recs[rid]["AO_ours"] == recs[rid]["LASOT_AUC_ours"] == ""
+    for rid in t2.TABLE.smoke_rows:
+        r = recs[rid]
         assert r["status"] == "done", r
         mine, other = (GOT_COLS, FULL_COLS) if rid.endswith("got10k") else (FULL_COLS, GOT_COLS)
         for c in mine:
@@ -56,6 +63,7 @@ def test_smoke_table_numbers_every_row_on_its_recipes_benchmarks(smoke):
             assert r[f"{c}_ours"] == "" and r[f"{c}_paper"] == "", (rid, c)
         assert float(r["FPS_ours"]) > 0.0 and r["FPS_paper"] == ""
     assert recs["droptrack_got10k"]["AO_paper"] == "75.9" and recs["ostrack_full"]["LASOT_AUC_paper"] == "71.1"
+    assert recs["droptrack_full"]["LASOT_AUC_paper"] == "71.8"                 # skipped rows keep the paper's
     tests = out / "seed0" / "droptrack_got10k" / "tests"
     assert (tests / "got10k_test.zip").is_file()
     assert (out / "seed0" / "ostrack_full" / "tests" / "trackingnet.zip").is_file()
@@ -64,7 +72,8 @@ def test_smoke_table_numbers_every_row_on_its_recipes_benchmarks(smoke):
 
 def test_released_tracker_runs_only_the_test_stages(tmp_path, smoke, smoke_backbones):
     """--finetuned ROW=PATH (here the smoke run's own tracker checkpoint): no backbone, no training;
-    the row's two GOT-10k stages run on the file, which gives the same val AO as in the smoke run."""
+    the row's two GOT-10k stages run on the file, which gives the same val AO as in the smoke run;
+    the table names the file."""
     out, _ = smoke
     ckpt = out / "seed0" / t2.pl.read_json(
         out / "seed0" / "droptrack_got10k" / "vot_train.json")["result"]["checkpoint"]
@@ -74,18 +83,28 @@ def test_released_tracker_runs_only_the_test_stages(tmp_path, smoke, smoke_backb
     done = sorted(p.stem for p in (run / "seed0" / "droptrack_got10k").glob("*.json"))
     assert done == ["got10k_test", "got10k_val", "speed"]
     assert records(run)["droptrack_got10k"]["AO_ours"] == records(out)["droptrack_got10k"]["AO_ours"]
+    assert records(run)["droptrack_got10k"]["finetuned"] == str(ckpt)
+    assert f"the given fine-tuned model {ckpt}" in (run / "table2.txt").read_text()
 
 
-def test_finetuned_flag_errors():
-    from reproduce.table3 import split_finetuned, without_backbone       # shared by Tables 2 and 3
-    rows = t2.ROWS.values()
-    with pytest.raises(SystemExit, match="ROW one of"):
-        split_finetuned(["--finetuned", "nosuchrow=x.pth"], rows)
-    with pytest.raises(SystemExit, match="no such file"):
-        split_finetuned(["--finetuned", "droptrack_full=/nonexistent.pth.tar"], rows)
-    found, rest = split_finetuned(["--smoke", f"--finetuned=droptrack_full={__file__}"], rows)
-    assert found == {"droptrack_full": str(Path(__file__).resolve())} and rest == ["--smoke"]
-    assert [r.source for r in without_backbone(t2.ROWS["full"], found)] == ["pretrain", "ckpt", "none", "ckpt"]
+def test_a_finetuned_full_scale_row_needs_no_backbone_and_runs_only_its_tests(tmp_path):
+    """Full scale, --finetuned for a foreign row (OSTrack, MAE IN1K, no --ckpt given) and one of
+    ours (no --k700 given): neither is skipped for want of weights or videos, and their stages
+    are the recipe's tests only; the other rows still need theirs."""
+    (tmp_path / "got").mkdir()
+    args = t2.pl.build_parser(t2.TABLE).parse_args([
+        "--got10k", str(tmp_path / "got"), "--out", str(tmp_path / "out"),
+        f"--finetuned=ostrack_full={__file__}", "--finetuned", f"droptrack_got10k={__file__}"])
+    run, rows = t2.pl.make_run(t2.TABLE, args)
+    ctx, by_id = run.seed_run(0), {r.id: r for r in rows}
+    assert run.finetuned == {"ostrack_full": str(Path(__file__).resolve()),
+                             "droptrack_got10k": str(Path(__file__).resolve())}
+    assert [s.name for s in ctx.stages(by_id["ostrack_full"])] == [*t2.TESTS["full"], "speed"]
+    assert [s.name for s in ctx.stages(by_id["droptrack_got10k"])] == [*t2.TESTS["got10k"], "speed"]
+    assert ctx.skip_reason(by_id["ostrack_full"]) is None and ctx.skip_reason(by_id["droptrack_got10k"]) is None
+    assert "needs --ckpt ostrack_got10k" in ctx.skip_reason(by_id["ostrack_got10k"])
+    assert "needs --k700" in ctx.skip_reason(by_id["droptrack_full"])
+    assert ctx.trained(by_id["ostrack_full"], "vot_train") == Path(__file__).resolve()
 
 
 def test_benchmark_layouts_read_back_as_the_source_sequences(tmp_path):

@@ -100,3 +100,4 @@ def test_released_dropseg_file_runs_only_the_test_stages(tmp_path, smoke, smoke_
         other = mine / "davis17_val" / png.relative_to(row / "davis17_val")
         assert np.array_equal(np.array(Image.open(png)), np.array(Image.open(other)))
     assert records(run)["dropmae"]["D17_JF_ours"] == records(out)["dropmae"]["D17_JF_ours"]
+    assert f"the given fine-tuned model {tmp_path / 'official_2.pth'}" in (run / "table3.txt").read_text()

@@ -1,6 +1,7 @@
 """Tests of reproduce/table4.py: videos / actions counted from generated folders with known
-counts in every source's layout, and a smoke table of two sources (the shared K400 backbone and
-WebVid's own clips; the other sources run the same stages) with the counts of their clips."""
+counts in every source's layout, and the smoke table: every source a row, the smoke run
+pre-training and scoring MiT (its own synthetic clips from the pipeline, training/<class>/
+layout; the other sources run the same stages) with the counts of its clips."""
 import csv
 import os
 import subprocess
@@ -49,17 +50,14 @@ def test_counts_in_every_layout(tmp_path):
     assert t4.count_videos_actions("webvid", web) == (7, None)
 
 
-def test_tiny_rows_pretrain_on_their_own_clips(tmp_path):
-    """Tiny / smoke: every source but K400 keeps the cache's video set and points dropmae.py at
-    its clips under <out>/data/<source>; full scale leaves the rows alone."""
-    class Run:
-        scale, out = "smoke", tmp_path
-    rows = {r.id: r for r in t4.with_tiny_sources(Run, t4.ROWS["tiny"])}
-    assert rows["k400"].pretrain_args == ()
-    assert t4.source_of(rows["mit"]) == ("mit", str(tmp_path / "data" / "mit"))
-    assert rows["mit"].video == "k400" and rows["mit"].data == "MiT" and rows["mit"].P == 0.1
-    Run.scale = "full"
-    assert t4.with_tiny_sources(Run, t4.ROWS["full"]) == t4.ROWS["full"]
+def test_rows_declare_their_source_at_every_scale():
+    """Each row pre-trains DropMAE (P 0.1) on its own source, at tiny scale as at full: the K400
+    row is the shared DropMAE backbone of Table 1, the others their own cache entries."""
+    for scale in ("full", "tiny"):
+        rows = t4.ROWS[scale]
+        assert [r.video for r in rows] == list(t4.SOURCES) and {r.P for r in rows} == {0.1}
+        assert len({r.backbone_key() for r in rows}) == 5
+    assert t4.ROWS["tiny"][0].backbone_key() == t4.pl.tiny_rows(ids=["dropmae"])[0].backbone_key()
 
 
 @pytest.fixture(scope="module")
@@ -68,27 +66,29 @@ def smoke(tmp_path_factory, smoke_backbones):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
     env.pop("SMOKE", None)
     cmd = [sys.executable, "-m", "reproduce.table4", "--smoke", "--out", str(out), "--backbones",
-           str(smoke_backbones), "--rows", "k400", "webvid"]
+           str(smoke_backbones)]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done.stdout
 
 
-def test_smoke_table_counts_the_clips_and_numbers_every_cell(smoke):
+def test_smoke_table_counts_the_clips_and_numbers_every_cell(smoke, smoke_backbones):
     out, stdout = smoke
     lines = (out / "table4.csv").read_text().splitlines()
     assert lines[0] == "# SMOKE SCALE (tiny synthetic): NOT COMPARABLE WITH THE PAPER"
     recs = {r["row"]: r for r in csv.DictReader(lines[1:])}
-    assert list(recs) == ["k400", "webvid"]
-    clips = t4.pl.BACKBONE_RECIPE["smoke"]["clips"]["train"]                  # (classes, per class)
-    assert (float(recs["k400"]["videos_ours"]), float(recs["k400"]["actions_ours"])) == (clips[0] * clips[1], clips[0])
-    classes, per_class, _ = t4.TINY_SOURCES["smoke"]["webvid"]
-    assert float(recs["webvid"]["videos_ours"]) == classes * per_class and recs["webvid"]["actions_ours"] == ""
-    for r in recs.values():
-        assert r["status"] == "done"
-        for m in ("AO", "SR0.5", "SR0.75", "J&F"):
-            assert 0.0 <= float(r[f"{m}_ours"]) <= 100.0 and float(r[f"{m}_paper"]) > 50.0
-    assert recs["k400"]["videos_paper"] == "240000"
-    assert "240,000 / 4" in stdout
-    webvid = out / "seed0" / "webvid" / "data_count.json"
-    assert t4.pl.read_json(webvid)["result"]["folder"] == str(out / "data" / "webvid")
+    assert list(recs) == list(t4.SOURCES)
+    for rid in ("k400", "k600", "k700", "webvid"):
+        assert recs[rid]["status"] == "skipped" and "not run at smoke scale" in recs[rid]["reason"]
+    mit = recs["mit"]
+    classes, per_class, _ = t4.pl.SYNTHETIC_SOURCES["smoke"]["mit"]
+    assert (float(mit["videos_ours"]), float(mit["actions_ours"])) == (classes * per_class, classes)
+    assert mit["status"] == "done"
+    for m in ("AO", "SR0.5", "SR0.75", "J&F"):
+        assert 0.0 <= float(mit[f"{m}_ours"]) <= 100.0 and float(mit[f"{m}_paper"]) > 50.0
+    assert mit["videos_paper"] == "802244" and recs["k400"]["videos_paper"] == "240000"
+    assert f"802,244 / {classes * per_class}" in stdout
+    count = t4.pl.read_json(out / "seed0" / "mit" / "data_count.json")["result"]
+    pre = t4.pl.read_json(out / "seed0" / "mit" / "pretrain.json")["result"]
+    assert count["preset"] == "mit" and count["folder"] == pre["recipe"]["data_path"]
+    assert Path(count["folder"]) == smoke_backbones / "clips" / "mit"              # the pipeline's clips
