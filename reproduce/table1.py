@@ -156,7 +156,7 @@ FINETUNE_RECIPE = {
         vot=dict(args=["--epochs", "150", "--samples-per-epoch", "64", "--batch-size", "8",
                        "--val-every", "0"], workers=0, epochs=150),
         vot_test_workers=1,
-        # DropSeg: 1000 iterations at lr 3e-4 (measured from scratch on 32 held-out synthetic
+        # DropSeg: 1000 iterations at lr 3e-4 (measured from scratch on 12 held-out synthetic
         # DAVIS sequences of another world seed stream, never the val split: 500 at 1e-4 on 6 + 4
         # videos J&F 18.0, on 60 + 20 videos 22.3, 1000 at 3e-4 on 60 + 20 24.5; the first masks
         # held score 28.8 there)
