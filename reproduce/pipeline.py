@@ -1274,7 +1274,8 @@ def write_table(run: TableRun, recs: list[dict]) -> str:
         write_json(run.out / "collapse.json", {
             "goal": COLLAPSE_GOAL, "scale": run.scale, "seeds": list(run.seeds),
             "rows": {r["row"]: {"method": r["method"], "mean": r["token_cosine"], "std": r["token_cosine_std"],
-                                "per_seed": r["values"]["token_cosine"]} for r in recs}})
+                                "per_seed": r["values"]["token_cosine"]}
+                     for r in recs if r["token_cosine"] is not None}})      # as collapse_lines
     return text
 
 
