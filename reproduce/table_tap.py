@@ -43,6 +43,19 @@ DropMAE from runs/backbones_tiny), trained on synthetic-world point tracks writt
 Kubric export layout and scored on synthetic-world videos written as TAP-Vid pickles (DAVIS
 dict, Kinetics JPEG shards) in `<out>/data`. The banner says it loudly: tiny synthetic scale,
 not comparable with the paper or with the other methods' numbers.
+
+Measured tiny table (2026-12-02, shared tiny backbones, seed 0; AJ / delta_avg / OA, tiny
+synthetic scale). No row beats zero motion: the tiny model learns to stay put on its 16-px
+cells and its expected-distance head then marks every point occluded (README: diagnosis and
+the variants tried on a held-out training-seed split):
+    (row)               DAVIS first                    DAVIS strided              Kinetics first
+    No pre-training     0.0 / 20.2 / 5.0               0.0 / 25.0 / 5.4           0.0 / 20.1 / 5.0
+    MAE (1 frame)       0.0 / 19.4 / 5.0               0.0 / 24.6 / 5.4           0.0 / 19.8 / 5.0
+    TwinMAE             0.0 / 18.7 / 5.0               0.0 / 22.6 / 5.4           0.0 / 19.0 / 5.0
+    DropMAE             0.0 / 19.3 / 5.0               0.0 / 23.7 / 5.4           0.0 / 19.3 / 5.0
+    Zero motion         15.0 / 22.6 / 95.0             20.2 / 29.2 / 94.6         15.0 / 22.6 / 95.0
+27 min wall with the rows two at a time, 50 min of stage time, on the shared 2-core machine
+(load average 12-16); not an idle-machine figure.
 """
 from __future__ import annotations
 

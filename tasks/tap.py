@@ -514,6 +514,8 @@ class Augment:
     jitter_p: float = 0.25        # per frame: ColorJitter(0.2, 0.2, 0.2, hue 0.25/pi)
     blur_p: float = 0.25          # per frame: Gaussian blur, sigma ~ U(0.1, 2)
     flip_p: float = 0.5           # one horizontal flip shared by both frames
+    shift: int = 0                # per frame: a random translation of up to +-shift pixels per
+                                  # axis (CoTracker-style crop jitter; 0 = off, the main recipe)
 
 
 def uniform(g, lo: float, hi: float) -> float:
@@ -578,6 +580,10 @@ class KubricClips(torch.utils.data.Dataset):
         xy = coords * np.array([self.size / W, self.size / H], np.float32)         # (N, T, 2)
         if flip:
             xy[..., 0] = self.size - xy[..., 0]          # x' = W - x in raster coordinates
+        offset = np.zeros((T, 2), np.int64)
+        if self.aug.shift:                          # every frame moved on its own: a point's
+            offset = torch.randint(-self.aug.shift, self.aug.shift + 1, (T, 2), generator=g).numpy()
+            xy = xy + offset[None].astype(np.float32)   # motion then differs from frame to frame
         occ = occ | (xy < 0).any(-1) | (xy >= self.size).any(-1)
         for _ in range(5):                          # a query frame with visible tracks
             q = int(torch.randint(T, (1,), generator=g))
@@ -596,6 +602,10 @@ class KubricClips(torch.utils.data.Dataset):
             img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
             if flip:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if offset[t].any():                     # content moves by +offset, black fill
+                dx, dy = (int(v) for v in offset[t])
+                img = img.transform(img.size, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy),
+                                    resample=Image.Resampling.NEAREST)
             return normalize(photometric(img, self.aug, g))
 
         n = len(pick)
@@ -694,13 +704,15 @@ def train(args) -> Path:
     """The `train` command: Kubric-layout clips, AdamW, warm-up + cosine, the tapnet losses."""
     # config
     tap = get_tap_config(args.model, **{k: v for k, v in (("size", args.size), ("stride", args.stride),
-                                                          ("frame_ids", args.frame_ids)) if v})
+                                                          ("frame_ids", args.frame_ids),
+                                                          ("radius", args.radius),
+                                                          ("temperature", args.temperature)) if v})
     rank, world, local_rank, device = dropmae.init_distributed()
     amp = dropmae.resolve_amp(args.amp, device)
     torch.manual_seed(args.seed + rank)
     # data
     dataset = KubricClips(args.data_path, tap.size, args.num_queries, args.num_targets,
-                          args.trust_pickle, args.seed)
+                          args.trust_pickle, args.seed, Augment(shift=args.shift))
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
                                                   shuffle=True, seed=args.seed, drop_last=True)
     if len(sampler) < args.batch_size:
@@ -1060,6 +1072,12 @@ def parse_args(argv=None):
     tr.add_argument("--model", default="base", choices=sorted(TAP_PRESETS))
     tr.add_argument("--size", type=int, default=0, help="input side (0: preset, 256 for base)")
     tr.add_argument("--stride", type=int, default=0, choices=(0, 4, 8), help="0: preset")
+    tr.add_argument("--shift", type=int, default=0,
+                    help="per-frame random translation, up to +-SHIFT input pixels (0: off)")
+    tr.add_argument("--radius", type=float, default=0,
+                    help="soft-argmax window in cells (0: preset, 5 as TAPIR)")
+    tr.add_argument("--temperature", type=float, default=0,
+                    help="softmax temperature tau (0: preset, 20 as TAPIR)")
     tr.add_argument("--frame-ids", default="", choices=("", "zx", "xz"),
                     help="frame vectors of (query, target); '' = preset 'zx'")
     tr.add_argument("--steps", type=int, default=100000)

@@ -266,6 +266,28 @@ def test_kubric_clip_item(tmp_path):
     assert torch.allclose(flipped["query_img"], item["query_img"].flip(-1))
 
 
+def test_kubric_clip_shift_moves_frames_and_tracks_together(tmp_path):
+    """Augment(shift=s): every frame is translated on its own by up to +-s pixels, and its
+    track points with it: on a static scene the pixel under each visible target point is the
+    pixel under its query point; points pushed off the frame are occluded."""
+    rng = np.random.default_rng(3)
+    frames = np.repeat(rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), 6, 0)  # static
+    coords = np.repeat(rng.integers(4, 28, (40, 1, 2)).astype(np.float32) + 0.5, 6, 1)
+    tap.write_kubric_sequence(tmp_path, "s", frames, coords, np.zeros((40, 6), bool))
+    aug = tap.Augment(0.0, 0.0, 0.0, shift=5)
+    item = tap.KubricClips(tmp_path, 32, num_queries=40, num_targets=4, trust_pickle=True, aug=aug)[0]
+    n = int(item["valid"].sum())
+    moved = (item["target_xy"][:, :n] - item["query_xy"][None, :n]).abs().amax(-1)
+    assert moved.max() > 0 and moved.max() <= 10                 # two offsets of at most 5
+    for k in range(4):
+        xy, occ = item["target_xy"][k, :n], item["target_occ"][k, :n]
+        outside = (xy < 0).any(-1) | (xy >= 32).any(-1)
+        assert occ[outside].all() and not occ[~outside].any()
+        here = tap.sample_features(item["target_imgs"][k:k + 1], xy[None], (32, 32))[0]
+        there = tap.sample_features(item["query_img"][None], item["query_xy"][None, :n], (32, 32))[0]
+        assert torch.allclose(here[~occ], there[~occ], atol=1e-5)
+
+
 def scorer_names(path):
     """Video names as eval.tapvid reads them (its reader may take a trust flag)."""
     trusted = "trust_pickle" in inspect.signature(tapvid.read_tapvid_gt).parameters
