@@ -290,7 +290,9 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
     first of the rest, and so on. Computing all n keys (a uniform and a log each, then a top-k
     over n) is what costs; this computes the same keys where they matter:
     1. E_j = -log(1 - u_j) with u_j = (b_j + v_j) / 256, b_j a uniform byte and v_j ~ U(0, 1)
-       independent: u_j is exactly uniform, so E_j is exactly Exp(1).
+       independent: u_j is exactly uniform, so E_j is exactly Exp(1). (In float32, as
+       `torch.multinomial`'s own keys: u_j is uniform to 2^-24, finer near 0, where the small
+       keys that get drawn lie; the rounding is that of the official draw.)
     2. E_j >= u_j >= b_j / 256. For a threshold t (`race_threshold`), key_j < t needs
        E_j < w_j t, hence b_j < 256 w_j t: only those candidates (about 1.4 k of n = 10.3 k at
        the ViT-B shape) get a v_j, a log and a key; the rest keep only their byte.
@@ -312,11 +314,11 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
     flat = torch.nonzero(torch.lt(levels, w * (RACE_LEVELS * t).unsqueeze(1)).view(-1)).squeeze(1)
     rows = flat.div(n, rounding_mode="floor")                                 # (S,), sorted
     starts = torch.searchsorted(flat, torch.arange(M + 1, device=dev) * n)    # row boundaries
-    u = torch.rand(flat.shape, generator=generator, dtype=torch.float64, device=dev)
+    u = torch.rand(flat.shape, generator=generator, device=dev)                # float32
     u.add_(levels.view(-1)[flat]).div_(RACE_LEVELS)                           # exactly U(0, 1)
     key = u.neg().log1p_().neg_().div_(w.view(-1)[flat])                      # E / w, (S,)
     width = max(k, int((starts[1:] - starts[:-1]).max()))
-    keys = torch.full((M, width), float("inf"), dtype=torch.float64, device=dev)
+    keys = torch.full((M, width), float("inf"), device=dev)
     cols = torch.arange(flat.numel(), device=dev).sub_(starts[rows])          # place in its row
     keys[rows, cols] = key                                                    # (M, width), padded
     below = (keys < (t * (1 - 1e-4)).unsqueeze(1)).sum(1)                     # (M,)
@@ -327,11 +329,11 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
     if short.numel():
         back = torch.full((M,), -1, dtype=torch.long, device=dev)
         back[short] = torch.arange(short.numel(), device=dev)
-        u_all = torch.rand((short.numel(), n), generator=generator, dtype=torch.float64, device=dev)
+        u_all = torch.rand((short.numel(), n), generator=generator, device=dev)
         u_all.add_(levels[short]).div_(RACE_LEVELS)
         mine = torch.nonzero(back[rows] >= 0).squeeze(1)                       # their candidates
         u_all.view(-1)[back[rows[mine]] * n + flat[mine] - rows[mine] * n] = u[mine]       # keep v
-        ws = w[short].double()
+        ws = w[short].float()
         key_all = torch.log1p(-u_all).neg_().div_(ws).masked_fill_(ws == 0, float("inf"))
         chosen[short] = torch.topk(key_all, k, dim=1, largest=False, sorted=False).indices
     return chosen
@@ -388,7 +390,8 @@ def asad_drop_indices(logits: torch.Tensor, p: float, generator: torch.Generator
       exact, not an approximation; t only sets the cost (the argument in full is in
       `race_top_k`; tests check the joint law against exact without-replacement
       probabilities, and each branch separately).
-    Keys are float64 (ties have probability about 0); W is float32, as the official code's.
+    W, the uniforms and the keys are float32, as in the official `torch.multinomial` (itself a
+    race of float32 exponential keys): the same law up to the same rounding.
     The matrices are processed in blocks along dim 0 (`_blocks`); the draw is fixed by the
     generator's state (`torch.manual_seed`) and the shape. No gradient flows: the logits are
     detached.
