@@ -210,6 +210,16 @@ def asad_num_drops(L: int, p: float) -> int:
     return int(p * (L // 2 - 1)) * L
 
 
+def frame_blocks(a: torch.Tensor, own: bool) -> torch.Tensor:
+    """The two (L/2, L/2) blocks of each (L, L) matrix of a contiguous (M, L, L) tensor, as one
+    (M, 2, L/2, L/2) view: own=True the same-frame blocks (x->x, z->z), False the cross-frame
+    ones (x->z, z->x). Row i of frame f is [:, f, i]; no copy."""
+    M, L, _ = a.shape
+    h = L // 2
+    step = h * L + h if own else h * L - h                                    # block 0 -> block 1
+    return a.as_strided((M, 2, h, h), (L * L, step, L, 1), a.storage_offset() + (0 if own else h))
+
+
 def asad_weights(attn: torch.Tensor) -> torch.Tensor:
     """The spec's sampling weights W from attention probabilities. (..., L, L) -> (..., L, L/2).
 
@@ -221,19 +231,17 @@ def asad_weights(attn: torch.Tensor) -> torch.Tensor:
     """
     L = attn.shape[-1]
     h = L // 2
-    a = attn.reshape(-1, L, L)
-    rows = torch.arange(L, device=attn.device)
-    f_tem = torch.cat([a[:, :h, h:].amax(-1), a[:, h:, :h].amax(-1)], 1).add_(1e-6)   # (M, L)
-    own = torch.cat([a[:, :h, :h].sum(-1), a[:, h:, h:].sum(-1)], 1)                  # (M, L)
-    r = f_tem.div_(own.add_((h - 1) * 1e-6).sub_(a[:, rows, rows]))                   # j != i
-    w = a.new_empty(a.shape[0], L, h)
-    for f in (slice(0, h), slice(h, L)):                                              # frames
-        torch.addcmul(r[:, f, None] * 1e-6, a[:, f, f], r[:, f, None], out=w[:, f])
-    w[:, rows, rows % h] = 0.0                                                        # the diagonal
+    a = attn.reshape(-1, L, L).contiguous()
+    own = frame_blocks(a, own=True)                                           # (M, 2, h, h)
+    f_tem = frame_blocks(a, own=False).amax(-1).add_(1e-6)                    # (M, 2, h)
+    diag = own.diagonal(dim1=-2, dim2=-1)                                     # (M, 2, h): A[i, i]
+    r = f_tem.div_(own.sum(-1).add_((h - 1) * 1e-6).sub_(diag)).unsqueeze(-1)   # j != i
+    w = torch.addcmul(r * 1e-6, own, r)                                       # (M, 2, h, h)
+    w.diagonal(dim1=-2, dim2=-1).zero_()
     return w.view(*attn.shape[:-1], h)
 
 
-RACE_LEVELS = 128      # resolution of the coarse uniforms that pre-filter the race (7 bits)
+RACE_LEVELS = 256      # resolution of the coarse uniforms that pre-filter the race (one byte)
 RACE_STRIDE = 17       # the threshold is estimated on every 17th weight
 RACE_MARGIN = 3.0      # ... for k + 3 sd(estimate) keys below it, so a fallback is rare
 RACE_NEWTON_STEPS = 4
@@ -260,10 +268,11 @@ def race_threshold(w: torch.Tensor, k: int, margin: float = RACE_MARGIN) -> torc
 
 
 def race_levels(shape, generator=None, device=None) -> torch.Tensor:
-    """Independent uniform integers in [0, RACE_LEVELS) (uint8): eight per 64-bit random word."""
+    """Independent uniform integers in [0, 256) (uint8): the eight bytes of full-range 64-bit
+    random words (`random_(-2**63, None)` draws all 64 bits, so every byte is uniform)."""
     n = math.prod(shape)
-    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(generator=generator)
-    return words.view(torch.uint8)[:n].view(shape).bitwise_and_(RACE_LEVELS - 1)   # bits 0..62
+    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device)
+    return words.random_(-2 ** 63, None, generator=generator).view(torch.uint8)[:n].view(shape)
 
 
 def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None,
@@ -280,19 +289,20 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
     the first of independent exponential clocks is j with probability w_j / sum(w), then the
     first of the rest, and so on. Computing all n keys (a uniform and a log each, then a top-k
     over n) is what costs; this computes the same keys where they matter:
-    1. E_j = -log(1 - u_j) with u_j = (b_j + v_j) / RACE_LEVELS, b_j a uniform integer level
-       and v_j ~ U(0, 1) independent: u_j is exactly uniform, so E_j is exactly Exp(1).
-    2. E_j >= u_j >= b_j / RACE_LEVELS. For a threshold t (`race_threshold`), key_j < t needs
-       E_j < w_j t, hence b_j < RACE_LEVELS * w_j t: only those candidates (about 1.4 k of
-       n = 10.3 k at the ViT-B shape) get a v_j, a log and a key; the rest keep only their
-       7-bit level.
+    1. E_j = -log(1 - u_j) with u_j = (b_j + v_j) / 256, b_j a uniform byte and v_j ~ U(0, 1)
+       independent: u_j is exactly uniform, so E_j is exactly Exp(1). (In float32, as
+       `torch.multinomial`'s own keys: u_j is uniform to 2^-24, finer near 0, where the small
+       keys that get drawn lie; the rounding is that of the official draw.)
+    2. E_j >= u_j >= b_j / 256. For a threshold t (`race_threshold`), key_j < t needs
+       E_j < w_j t, hence b_j < 256 w_j t: only those candidates (about 1.4 k of n = 10.3 k at
+       the ViT-B shape) get a v_j, a log and a key; the rest keep only their byte.
     3. If at least k candidates of a row have key < t, the k smallest keys of the row are all
        below t, so all are candidates: the top-k over the candidates is the top-k over every
        key, the exact draw. (The test uses t (1 - 1e-4), covering the float rounding of
-       RACE_LEVELS * w_j t.) t may be any function of w; it changes the cost, never the result.
+       256 w_j t.) t may be any function of w; it changes the cost, never the result.
     4. A row with fewer (rare: t is set 3 estimated sd above the count needed) completes the
        same race: its candidates keep their v_j, the others draw theirs now (v is independent of
-       everything seen so far, which is only their level b_j), and it takes the top-k over all
+       everything seen so far, which is only their byte b_j), and it takes the top-k over all
        n keys. So every row is the top-k of the full race.
     """
     M, n = w.shape
@@ -301,32 +311,29 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
         return torch.zeros(M, 0, dtype=torch.long, device=dev)
     t = race_threshold(w, k) if t is None else t                              # (M,)
     levels = race_levels((M, n), generator, dev)                              # (M, n) uint8
-    flat = torch.nonzero((levels < w * (RACE_LEVELS * t).unsqueeze(1)).view(-1)).squeeze(1)
+    flat = torch.nonzero(torch.lt(levels, w * (RACE_LEVELS * t).unsqueeze(1)).view(-1)).squeeze(1)
     rows = flat.div(n, rounding_mode="floor")                                 # (S,), sorted
-    u = levels.view(-1).index_select(0, flat).double()
-    u.add_(torch.rand(flat.shape, generator=generator, dtype=torch.float64, device=dev))
-    u.div_(RACE_LEVELS)                                                       # exactly U(0, 1)
-    key = torch.log1p(-u).neg_().div_(w.view(-1).index_select(0, flat))       # E / w, (S,)
     starts = torch.searchsorted(flat, torch.arange(M + 1, device=dev) * n)    # row boundaries
-    count = starts[1:] - starts[:-1]
-    below = torch.bincount(rows, weights=(key < (t * (1 - 1e-4))[rows]).float(), minlength=M)
-    width = max(k, int(count.max()) if flat.numel() else 0)
-    keys = torch.full((M * width,), float("inf"), dtype=torch.float64, device=dev)
-    shift = torch.arange(M, device=dev) * width - starts[:-1]
-    keys.index_copy_(0, torch.arange(flat.numel(), device=dev) + shift[rows], key)   # padded
-    pick = torch.topk(keys.view(M, width), k, dim=1, largest=False, sorted=False).indices
+    u = torch.rand(flat.shape, generator=generator, device=dev)                # float32
+    u.add_(levels.view(-1)[flat]).div_(RACE_LEVELS)                           # exactly U(0, 1)
+    key = u.neg().log1p_().neg_().div_(w.view(-1)[flat])                      # E / w, (S,)
+    width = max(k, int((starts[1:] - starts[:-1]).max()))
+    keys = torch.full((M, width), float("inf"), device=dev)
+    cols = torch.arange(flat.numel(), device=dev).sub_(starts[rows])          # place in its row
+    keys[rows, cols] = key                                                    # (M, width), padded
+    below = (keys < (t * (1 - 1e-4)).unsqueeze(1)).sum(1)                     # (M,)
+    pick = torch.topk(keys, k, dim=1, largest=False, sorted=False).indices
     pick = (pick + starts[:-1, None]).clamp_(max=max(flat.numel() - 1, 0))
     chosen = flat[pick] - torch.arange(M, device=dev)[:, None] * n if flat.numel() else pick
     short = torch.nonzero(below < k).squeeze(1)                               # step 4
     if short.numel():
         back = torch.full((M,), -1, dtype=torch.long, device=dev)
         back[short] = torch.arange(short.numel(), device=dev)
-        u_all = levels[short].double().add_(torch.rand((short.numel(), n), generator=generator,
-                                                       dtype=torch.float64, device=dev))
-        u_all.div_(RACE_LEVELS)
+        u_all = torch.rand((short.numel(), n), generator=generator, device=dev)
+        u_all.add_(levels[short]).div_(RACE_LEVELS)
         mine = torch.nonzero(back[rows] >= 0).squeeze(1)                       # their candidates
-        u_all.view(-1)[back[rows[mine]] * n + flat[mine] - rows[mine] * n] = u[mine]   # keep v
-        ws = w[short].double()
+        u_all.view(-1)[back[rows[mine]] * n + flat[mine] - rows[mine] * n] = u[mine]       # keep v
+        ws = w[short].float()
         key_all = torch.log1p(-u_all).neg_().div_(ws).masked_fill_(ws == 0, float("inf"))
         chosen[short] = torch.topk(key_all, k, dim=1, largest=False, sorted=False).indices
     return chosen
@@ -368,16 +375,26 @@ def asad_drop_indices(logits: torch.Tensor, p: float, generator: torch.Generator
     proportional to W: the law of the official `torch.multinomial(W.flatten(), K,
     replacement=False)`, which loops over batch x heads. Here every (sample, head) is drawn at
     once by `race_top_k`, the exponential race (the K smallest of E / W, E ~ Exp(1)), which is
-    exact for sampling without replacement. It computes the race's keys only where they can
-    matter: 7-bit uniform levels for every position bound each key from below, a threshold from
-    every 17th weight keeps about 1.4 K candidates (of 10.3 K positions at ViT-B), and only they
-    get a full uniform, a log and a place in the top-k. The K smallest candidate keys are the
-    K smallest of all keys whenever K candidates lie below the threshold; a (sample, head) with
-    fewer completes its race over all positions, with the same uniforms. So the result is always
-    the top-K of the full race: exact, not an approximation (the argument is in `race_top_k`;
-    tests check the joint law against exact without-replacement probabilities). The matrices
-    are processed in blocks along dim 0 (`_blocks`); the draw is fixed by the generator's state
-    (`torch.manual_seed`) and the shape. No gradient flows: the logits are detached.
+    exact for sampling without replacement. What it computes, and why each step keeps the law:
+    - W from A in one pass over views of A's same-frame and cross-frame blocks
+      (`frame_blocks`): the same numbers as the spec's formula, no copies.
+    - One random byte b per position (eight per full-range 64-bit word of the generator) is the
+      leading part of the position's uniform u = (b + v) / 256; since the key E / W with
+      E = -log(1 - u) >= u is at least b / (256 W), a position whose byte already puts its key
+      above a threshold t (from every 17th weight, set so that about K + 3 sd keys fall below
+      it) can never be among the K smallest when K keys fall below t. Only the other positions
+      (about 1.4 K of the 10.3 K at ViT-B) get their v, a log and a place in the top-k.
+    - When K candidate keys do lie below t, the K smallest candidate keys are the K smallest of
+      all keys; a (sample, head) with fewer (rare) completes its race over all positions with
+      the same bytes and v's. So the result is always the top-K of the full race, for any t:
+      exact, not an approximation; t only sets the cost (the argument in full is in
+      `race_top_k`; tests check the joint law against exact without-replacement
+      probabilities, and each branch separately).
+    W, the uniforms and the keys are float32, as in the official `torch.multinomial` (itself a
+    race of float32 exponential keys): the same law up to the same rounding.
+    The matrices are processed in blocks along dim 0 (`_blocks`); the draw is fixed by the
+    generator's state (`torch.manual_seed`) and the shape. No gradient flows: the logits are
+    detached.
     """
     L = logits.shape[-1]
     if L % 2:
@@ -432,16 +449,23 @@ def _attend_backward(dout, q, k, v, out, lse, mask, scale):
         return torch.autograd.grad(o, (q, k, v), dout)
 
 
+def _flat_drops(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """(b, H, K) drop indices into each (N, N) matrix -> (b * H * K,) indices into the whole
+    contiguous (b, H, N, N) tensor, for `index_fill_` (much cheaper than a scatter along -1)."""
+    offset = torch.arange(idx.shape[0] * idx.shape[1], device=idx.device) * size
+    return (idx.long().view(offset.shape[0], -1) + offset.unsqueeze(1)).view(-1)
+
+
 class ASADAttention(torch.autograd.Function):
     """softmax(q k^T * scale, -inf at ASAD's drops) v, the drops drawn from the same logits.
 
     q, k, v: (B, heads, N, hd) -> (B, heads, N, hd). Block by block over the batch, the logits
-    are computed once, serve the draw, and their buffer then becomes the additive mask (0, and
-    -inf at the drops) of the same fused attention kernel SDPA uses. For backward only the drop
-    indices are kept (K int32 per (sample, head): 3.8 MB per ViT-B decoder layer at batch 8)
-    besides what SDPA keeps (q, k, v, output, logsumexp); backward rebuilds the mask one block
-    at a time. (SDPA with an additive float mask keeps the whole (B, heads, N, N) mask for
-    backward instead: 79 MB per layer.)
+    are computed once into one reused buffer, serve the draw, and the buffer then becomes the
+    additive mask (0, and -inf at the drops) of the same fused attention kernel SDPA uses. For
+    backward only the drop indices are kept (K int32 per (sample, head): 3.8 MB per ViT-B
+    decoder layer at batch 8) besides what SDPA keeps (q, k, v, output, logsumexp); backward
+    rebuilds the mask one block at a time in one reused buffer. (SDPA with an additive float
+    mask keeps the whole (B, heads, N, N) mask for backward instead: 79 MB per layer.)
     """
 
     @staticmethod
@@ -452,11 +476,14 @@ class ASADAttention(torch.autograd.Function):
         out = torch.empty_like(q.transpose(1, 2)).transpose(1, 2)            # SDPA's layout
         lse = []
         drops = torch.empty(B, H, asad_num_drops(N, p), dtype=torch.int32, device=q.device)
-        for s in _blocks(B, 4 * H * N * N, q.device):
-            logits = torch.matmul(q[s], k[s].transpose(-2, -1)).mul_(scale)   # (b, H, N, N)
-            idx = asad_draw(logits.softmax(-1, dtype=torch.float32), p)       # (b, H, K)
-            mask = logits.zero_().view(*idx.shape[:2], -1).scatter_(-1, idx, float("-inf"))
-            o, l = _attend(q[s], k[s], v[s], mask.view_as(logits), scale)
+        blocks = _blocks(B, 4 * H * N * N, q.device)
+        buf = q.new_empty(blocks[0].stop - blocks[0].start, H, N, N)         # logits, then mask
+        for s in blocks:
+            logits = torch.matmul(q[s], k[s].transpose(-2, -1), out=buf[:s.stop - s.start])
+            idx = asad_draw(logits.mul_(scale).softmax(-1, dtype=torch.float32), p)   # (b, H, K)
+            mask = logits.zero_()
+            mask.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
+            o, l = _attend(q[s], k[s], v[s], mask, scale)
             out[s] = o
             lse.append(l)
             drops[s] = idx
@@ -471,14 +498,14 @@ class ASADAttention(torch.autograd.Function):
         B, H, N, _ = q.shape
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
         blocks = _blocks(B, 4 * H * N * N, q.device)
-        buf = q.new_zeros(blocks[0].stop - blocks[0].start, H, N * N)         # reused: 0 but drops
+        buf = q.new_zeros(blocks[0].stop - blocks[0].start, H, N, N)         # reused: 0 but drops
         for s in blocks:
-            idx = drops[s].long()
-            mask = buf[:idx.shape[0]].scatter_(-1, idx, float("-inf"))
+            flat = _flat_drops(drops[s], N * N)
+            mask = buf[:s.stop - s.start]
+            mask.view(-1).index_fill_(0, flat, float("-inf"))
             dq[s], dk[s], dv[s] = _attend_backward(
-                dout[s], q[s], k[s], v[s], out[s], None if lse is None else lse[s],
-                mask.view(-1, H, N, N), ctx.scale)
-            mask.scatter_(-1, idx, 0.0)
+                dout[s], q[s], k[s], v[s], out[s], None if lse is None else lse[s], mask, ctx.scale)
+            mask.view(-1).index_fill_(0, flat, 0.0)
         return dq, dk, dv, None, None
 
 

@@ -34,6 +34,21 @@ def reference_draw(w: torch.Tensor, p: float) -> torch.Tensor:
     return drop
 
 
+def test_weights_match_the_row_by_row_spec_formula():
+    """`asad_weights` (one pass over views of the frame blocks) equals the spec's W built row by
+    row, for every (sample, head) of a batch; and a non-contiguous input gives the same W."""
+    from dropmae import asad_weights
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 3, 40, 40, generator=gen) * 3.0
+    w = asad_weights(logits.softmax(-1))
+    assert w.shape == (2, 3, 40, 20)
+    for b in range(2):
+        for h in range(3):
+            assert torch.allclose(w[b, h].double(), reference_weights(logits[b, h]), rtol=1e-5, atol=1e-12)
+    swapped = logits.transpose(0, 1).softmax(-1)                               # non-contiguous
+    assert torch.allclose(asad_weights(swapped.transpose(0, 1)), w)
+
+
 def test_k_formula_matches_spec_for_vit_b():
     """K = int(P * (L/2 - 1)) * L: 19 * 392 = 7448 for L = 392, P = 0.1."""
     assert asad_num_drops(392, 0.1) == 7448
