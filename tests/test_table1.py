@@ -139,12 +139,12 @@ def test_tiny_numbers_are_labelled_wherever_printed(smoke):
 
 
 def test_console_is_one_line_per_stage_and_the_log_holds_the_output(smoke):
-    """'[row k/4 Method Data] stage ...' then '... done in m:ss  <numbers>'; nothing of the
+    """'[row k/5 Method Data] stage ...' then '... done in m:ss  <numbers>'; nothing of the
     stages' own output (config JSON, tqdm bars) on the console; it is in the stage's log."""
     first, second = smoke["first"], smoke["second"]
-    assert "[row 3/4 TwinMAE K400] pretrain ..." in first
-    assert "[row 4/4 DropMAE K400] vos_val ..." in second
-    assert any(line.startswith("[row 4/4 DropMAE K400] vot_val done in ") and " AO " in line
+    assert "[row 3/5 TwinMAE K400] pretrain ..." in first
+    assert "[row 4/5 DropMAE K400] vos_val ..." in second
+    assert any(line.startswith("[row 4/5 DropMAE K400] vot_val done in ") and " AO " in line
                for line in second.splitlines())
     assert f"--stop-after {STOP}: stopped after seed 0 {STOP}" in first
     assert len(first.splitlines()) + len(second.splitlines()) < 150
