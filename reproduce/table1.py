@@ -38,7 +38,7 @@ per GPU), 20.7-92.4 h per row (about 21 h per 400 K400 epochs); DropTrack GOT-10
 on 8 GPUs. The 11 rows we can run ourselves are ~600 h of 64 GPUs: pick rows with --rows.
 
 Commands:
-    make table1                  # tiny synthetic scale on a CPU (below), ~12 min on 2 cores
+    make table1                  # tiny synthetic scale on a CPU (below), est. ~25 min on 2 idle cores
     make table1 ARGS="--seeds 3" # every row with seeds 0, 1, 2: mean ± std in every cell
     make table1 SMOKE=1          # the same pipeline at smoke scale (the test suite's)
     make table1 ARGS=--verbose   # every stage's output on the console, not only in its log
@@ -61,16 +61,17 @@ not comparable with the paper (in the printout, the CSV and the Markdown). What 
 whole pipeline runs end to end, resumes, and every number is produced by the same code as the
 full run. What it does not show: any of the paper's numbers or their ordering.
 
-Tiny budget, from the stage times of one `make table1` on a fresh clone on this 2-core machine
-(2026-12-01; its first 10 minutes shared the cores with a full test suite run):
-    | stage                                     | tiny settings                       | wall s  |
-    |-------------------------------------------|-------------------------------------|---------|
-    | synthetic data (once)                     | GOT-10k 32 + 32 + 1 seqs, DAVIS 6+12 | ~15     |
-    | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 256 clips, 3008 steps, batch 8      | ~130    |
-    | vot_train, x4                             | 150 epochs x 64 pairs, batch 8      | ~80     |
-    | vot_val + vot_test, x4                    | 32 + 1 sequences of 24 frames       | ~12     |
-    | vos_train, x4                             | 500 iterations, batch 4, 96 px      | ~40-55  |
-    | vos_val, x4                               | 12 sequences of 12 frames           | ~5      |
+Tiny budget, from the stage times of the 3-seed run of 2026-12-02 (`--seeds 3`, backbones from
+the shared cache; the 2 cores were shared with other jobs at load 3-16, so the upper ends are
+inflated 2-5x; the pre-training times are those of 2026-12-01 on a quieter machine):
+    | stage                                     | tiny settings                        | wall s   |
+    |-------------------------------------------|--------------------------------------|----------|
+    | synthetic data (once)                     | GOT-10k 32 + 32 + 1 seqs, DAVIS 60 + 12, YouTube-VOS 20 | ~60 |
+    | pretrain, x3 (image MAE, TwinMAE, DropMAE)| 256 clips, 3008 steps, batch 8       | ~130     |
+    | vot_train, x4                             | 150 epochs x 64 pairs, batch 8       | 130-700  |
+    | vot_val + vot_test, x4                    | 32 + 1 sequences of 24 frames        | 15-25    |
+    | vos_train, x4                             | 1000 iterations, batch 4, 96 px      | 140-290  |
+    | vos_val, x4 (and the baseline row)        | 12 sequences of 12 frames            | 7-13     |
     Measured end to end: see README ("Known gaps").
 The pre-training numbers are `pipeline.BACKBONE_RECIPE` (shared by every table); the fine-tuning
 numbers are `FINETUNE_RECIPE` below.
