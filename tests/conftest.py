@@ -20,3 +20,23 @@ def session_shared_dir(tmp_path_factory, name: str):
 def smoke_backbones(tmp_path_factory):
     """Pass as `--backbones` to a table's `--smoke` run (or to pipeline.Backbones)."""
     return session_shared_dir(tmp_path_factory, "smoke_backbones")
+
+
+@pytest.fixture(scope="session")
+def smoke_table(smoke_backbones):
+    """run(module, *args) -> stdout of `python -m reproduce.<module> --smoke --backbones <shared>
+    *args` (one thread, one process, SMOKE unset); a non-zero exit fails with its output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
+    env.pop("SMOKE", None)
+
+    def run(module, *args):
+        cmd = [sys.executable, "-m", f"reproduce.{module}", "--smoke", "--backbones", str(smoke_backbones), *args]
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+    return run

@@ -4,16 +4,12 @@ six rows, the figure's JSON and CSV, and a PNG only when matplotlib is importabl
 import csv
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from reproduce import figure_p as fp
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_rows_are_the_six_ratios_and_p0_is_twinmae():
@@ -24,15 +20,9 @@ def test_rows_are_the_six_ratios_and_p0_is_twinmae():
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, smoke_backbones):
+def smoke(tmp_path_factory, smoke_table):
     out = tmp_path_factory.mktemp("figure_p_smoke")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
-    env.pop("SMOKE", None)
-    cmd = [sys.executable, "-m", "reproduce.figure_p", "--smoke", "--out", str(out), "--backbones",
-           str(smoke_backbones)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out, done.stdout
+    return out, smoke_table("figure_p", "--out", str(out))
 
 
 def test_smoke_writes_table_json_csv_and_png_only_with_matplotlib(smoke):

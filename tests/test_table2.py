@@ -4,9 +4,6 @@ rows printed as skipped), released trackers through --finetuned (test stages onl
 and the benchmark layouts re-laid out from synthetic GOT-10k, read back by tasks/vot_data.py.
 The pipeline's kill-and-rerun is tested once, in tests/test_pipeline.py / test_table1.py."""
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +12,14 @@ import pytest
 from reproduce import table2 as t2
 from tasks import vot_data as vd
 
-REPO = Path(__file__).resolve().parents[1]
 GOT_COLS = ("AO", "SR50", "SR75")
 FULL_COLS = ("TNL2K_AUC", "TNL2K_P", "EXT_AUC", "EXT_Pnorm", "EXT_P", "LASOT_AUC", "LASOT_Pnorm", "LASOT_P")
 
 
-def run_table(args, backbones):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
-    env.pop("SMOKE", None)
-    cmd = [sys.executable, "-m", "reproduce.table2", "--smoke", "--backbones", str(backbones), *args]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, smoke_backbones):
+def smoke(tmp_path_factory, smoke_table):
     out = tmp_path_factory.mktemp("table2_smoke")
-    return out, run_table(["--out", str(out)], smoke_backbones)
+    return out, smoke_table("table2", "--out", str(out))
 
 
 def records(out):
@@ -70,7 +57,7 @@ def test_smoke_table_numbers_every_row_on_its_recipes_benchmarks(smoke):
     assert "75.9 / " in stdout and "FPS (ours)" in stdout
 
 
-def test_released_tracker_runs_only_the_test_stages(tmp_path, smoke, smoke_backbones):
+def test_released_tracker_runs_only_the_test_stages(tmp_path, smoke, smoke_table):
     """--finetuned ROW=PATH (here the smoke run's own tracker checkpoint): no backbone, no training;
     the row's two GOT-10k stages run on the file, which gives the same val AO as in the smoke run;
     the table names the file."""
@@ -78,8 +65,7 @@ def test_released_tracker_runs_only_the_test_stages(tmp_path, smoke, smoke_backb
     ckpt = out / "seed0" / t2.pl.read_json(
         out / "seed0" / "droptrack_got10k" / "vot_train.json")["result"]["checkpoint"]
     run = tmp_path / "released"
-    run_table(["--out", str(run), "--rows", "droptrack_got10k", "--finetuned", f"droptrack_got10k={ckpt}"],
-              smoke_backbones)
+    smoke_table("table2", "--out", str(run), "--rows", "droptrack_got10k", "--finetuned", f"droptrack_got10k={ckpt}")
     done = sorted(p.stem for p in (run / "seed0" / "droptrack_got10k").glob("*.json"))
     assert done == ["got10k_test", "got10k_val", "speed"]
     assert records(run)["droptrack_got10k"]["AO_ours"] == records(out)["droptrack_got10k"]["AO_ours"]

@@ -2,9 +2,6 @@
 and YouTube-VOS submissions written), and a released DropSeg file (the official key layout)
 through --finetuned: only the test stages run, with the masks of the same weights."""
 import csv
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,23 +12,13 @@ from PIL import Image
 
 from reproduce import table3 as t3
 
-REPO = Path(__file__).resolve().parents[1]
 COLS = ("D16_JF", "D16_J", "D16_F", "D17_JF", "D17_J", "D17_F")
 
 
-def run_table(args, backbones):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
-    env.pop("SMOKE", None)
-    cmd = [sys.executable, "-m", "reproduce.table3", "--smoke", "--backbones", str(backbones), *args]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, smoke_backbones):
+def smoke(tmp_path_factory, smoke_table):
     out = tmp_path_factory.mktemp("table3_smoke")
-    return out, run_table(["--out", str(out)], smoke_backbones)
+    return out, smoke_table("table3", "--out", str(out))
 
 
 def records(out):
@@ -82,7 +69,7 @@ def official_layout(state: dict) -> dict:
     return out
 
 
-def test_released_dropseg_file_runs_only_the_test_stages(tmp_path, smoke, smoke_backbones):
+def test_released_dropseg_file_runs_only_the_test_stages(tmp_path, smoke, smoke_table):
     """The smoke run's DropSeg weights saved as a released file (bare state dict, official keys):
     --finetuned dropseg... runs no backbone or training stage, and writes the same DAVIS-17 masks."""
     out, _ = smoke
@@ -90,7 +77,7 @@ def test_released_dropseg_file_runs_only_the_test_stages(tmp_path, smoke, smoke_
     ckpt = out / "seed0" / t3.pl.read_json(row / "vos_train.json")["result"]["checkpoint"]
     torch.save(official_layout(torch.load(ckpt, weights_only=True)["model"]), tmp_path / "official_2.pth")
     run = tmp_path / "released"
-    run_table(["--out", str(run), "--finetuned", f"dropmae={tmp_path / 'official_2.pth'}"], smoke_backbones)
+    smoke_table("table3", "--out", str(run), "--finetuned", f"dropmae={tmp_path / 'official_2.pth'}")
     mine = run / "seed0" / "dropmae"
     assert sorted(p.stem for p in mine.glob("*.json")) == ["davis16_val", "davis17_testdev", "davis17_val",
                                                            "ytvos19_valid"]

@@ -3,16 +3,12 @@ counts in every source's layout, and the smoke table: every source a row, the sm
 pre-training and scoring MiT (its own synthetic clips from the pipeline, training/<class>/
 layout; the other sources run the same stages) with the counts of its clips."""
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from reproduce import table4 as t4
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def touch(root: Path, rel: str):
@@ -61,15 +57,9 @@ def test_rows_declare_their_source_at_every_scale():
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, smoke_backbones):
+def smoke(tmp_path_factory, smoke_table):
     out = tmp_path_factory.mktemp("table4_smoke")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC": "1", "NNODES": "1"}
-    env.pop("SMOKE", None)
-    cmd = [sys.executable, "-m", "reproduce.table4", "--smoke", "--out", str(out), "--backbones",
-           str(smoke_backbones)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out, done.stdout
+    return out, smoke_table("table4", "--out", str(out))
 
 
 def test_smoke_table_counts_the_clips_and_numbers_every_cell(smoke, smoke_backbones):
