@@ -57,6 +57,16 @@ A stage whose result file exists is skipped, so a run may be stopped at any poin
 and rerun with the same command: no finished stage is redone, and the training commands resume
 inside themselves (`--resume auto`).
 
+Rows at once (`--jobs N`, or JOBS=N): the (seed, row) pairs run N at a time, each in a thread
+that waits on its stages' commands, which then get OMP_NUM_THREADS = cores / N (unless the
+environment sets it). A row's stages keep their order; rows share nothing but backbones, which
+are built once under their lock. The default is 2 at tiny scale on a machine of 2 or more cores
+(the tiny models use two threads poorly, so two rows on one thread each finish sooner than
+one after the other on two) and 1 at smoke and full scale (full-scale stages are GPU jobs: use
+NPROC). Each stage's result is the same as with one job up to the thread count's float
+rounding. The console then prints each stage's start and end line, and on a terminal one live
+line of every running stage's percentage.
+
 Backbones (`Backbones`): the pre-trained encoders of a scale live in one cache folder shared by
 every table (`--backbones DIR`, default `<out>/../backbones_<scale>`, i.e. runs/backbones_tiny),
 one folder per recipe and seed (`<key>_seed<s>/`: the dropmae.py run folder, its recipe.json and
@@ -100,6 +110,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -430,10 +441,12 @@ class Console:
         self.verbose = verbose
         self.live = self.stream.isatty() and not verbose
         self.label, self.tic, self.drawn, self.width = "", 0.0, 0.0, 0
+        self.lock = threading.RLock()                    # --jobs: several stages print at once
 
     def say(self, text: str):
-        self._clear()
-        print(text, file=self.stream, flush=True)
+        with self.lock:
+            self._clear()
+            print(text, file=self.stream, flush=True)
 
     def begin(self, label: str):
         self.label, self.tic, self.drawn = label, time.time(), 0.0
@@ -465,6 +478,61 @@ class Console:
         if self.live and self.width:
             self.stream.write("\r" + " " * self.width + "\r")
             self.width = 0
+
+
+class JobConsole:
+    """One job's view of the console under `--jobs N` (N stages at once): the same begin /
+    progress / end / say as Console. Started and finished stages are printed as lines; on a
+    terminal one live line under them shows every running stage's percentage."""
+
+    def __init__(self, board: "JobBoard", job: int):
+        self.board, self.job, self.verbose, self.label, self.tic = board, job, False, "", 0.0
+
+    def say(self, text: str):
+        self.board.say(text)
+
+    def begin(self, label: str):
+        self.label, self.tic = label, time.time()
+        self.board.update(self.job, label, 0.0, announce=True)
+
+    def progress(self, fraction: float):
+        self.board.update(self.job, self.label, fraction)
+
+    def end(self, text: str):
+        self.board.finish(self.job, f"{self.label} {text}")
+
+
+class JobBoard:
+    """The running stages of `--jobs N` on one Console: {job: (label, fraction)}."""
+
+    def __init__(self, console: Console):
+        self.console, self.running, self.drawn = console, {}, 0.0
+
+    def say(self, text: str):
+        with self.console.lock:
+            self.console.say(text)
+            self._draw()
+
+    def update(self, job: int, label: str, fraction: float, announce: bool = False):
+        with self.console.lock:
+            self.running[job] = (label, fraction)
+            if announce:
+                self.say(f"{label} ...")
+            elif self.console.live and time.time() - self.drawn >= 0.25:
+                self._draw()
+
+    def finish(self, job: int, text: str):
+        with self.console.lock:
+            self.running.pop(job, None)
+            self.say(text)
+
+    def _draw(self):
+        if not self.console.live or not self.running:
+            return
+        self.drawn = time.time()
+        parts = [f"{label.split('] ')[0]}] {label.rsplit(' ', 1)[-1]} {100 * f:.0f}%"
+                 for label, f in self.running.values()]
+        self.console._draw(" | ".join(parts))
 
 
 def _columns() -> int:
@@ -868,6 +936,9 @@ def _summary(result: dict) -> str:
     return "  ".join(parts[:6])
 
 
+_INLINE = threading.Lock()          # SeedRun.run_inline: one in-process command at a time
+
+
 class SeedRun:
     """One seed of a table run: its folder `out` (<run>/seed<s>), `seed`, `recipe` (the table's
     recipe of this scale), `data` ({name: path}), and stage execution with skip-when-done.
@@ -937,7 +1008,7 @@ class SeedRun:
         """Run a stage's command; its output goes to <row>/logs/<stage>.log; raise StageFailed."""
         row, stage = self.current
         log = log or self.folder(row, "logs", f"{stage}.log")
-        code = run_command(cmd, log, self.console, progress, env)
+        code = run_command(cmd, log, self.console, progress, {**self.table_run.job_env, **(env or {})})
         if code != 0:
             raise StageFailed(f"{row.id}/{stage}: exit code {code}; full output: {log}\n{tail(log)}")
 
@@ -949,7 +1020,8 @@ class SeedRun:
         row, stage = self.current
         log = log or self.folder(row, "logs", f"{stage}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        # one at a time: the redirection is of the whole process (the console keeps its stream)
+        with _INLINE, open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
             print(f"$ {main.__module__}.main({argv})", flush=True)
             try:
                 main(argv)
@@ -977,6 +1049,8 @@ class SeedRun:
         """Run one stage unless its result file exists; write the result file when it ends."""
         path = self.result_path(row, stage.name)
         label = f"{label} {stage.name}"
+        if self.table_run.stopping.is_set():             # --jobs: another job hit --stop-after
+            raise StopRequested(self.table_run.stopping.reason)
         if path.is_file():
             self.console.say(f"{label}: done before, skipped")
             log_event(self.table_run.out, seed=self.seed, row=row.id, stage=stage.name, event="skip-done")
@@ -997,7 +1071,9 @@ class SeedRun:
             self.console.end(f"done in {_clock(seconds)}  {_summary(result)}".rstrip())
         stop = self.table_run.stop_after
         if stop in (stage.name, f"{row.id}/{stage.name}", f"seed{self.seed}/{row.id}/{stage.name}"):
-            raise StopRequested(f"--stop-after {stop}: stopped after seed {self.seed} {row.id}/{stage.name}")
+            self.table_run.stopping.reason = f"--stop-after {stop}: stopped after seed {self.seed} {row.id}/{stage.name}"
+            self.table_run.stopping.set()
+            raise StopRequested(self.table_run.stopping.reason)
 
     def skip_reason(self, row: Row) -> str | None:
         """Why a row cannot run here (missing data or weights, unsupported conversion), or None."""
@@ -1050,9 +1126,10 @@ class TableRun:
 
     def __init__(self, table: Table, scale: str, out, seeds, videos=None, datasets=None, ckpts=None,
                  dist=None, backbones=None, verbose=False, stop_after=None, stream=None, finetuned=None,
-                 smoke_only=None):
+                 smoke_only=None, jobs=1):
         """`finetuned`: {row id: fine-tuned model file} (--finetuned); `smoke_only`: the row ids
-        that run (the others are skipped with that reason; None: all)."""
+        that run (the others are skipped with that reason; None: all); `jobs`: rows run at once
+        (--jobs), each stage's commands then with cores / jobs threads."""
         self.table, self.scale, self.out = table, scale, Path(out).resolve()
         self.recipe = table.recipes[scale]
         self.backbone_recipe = BACKBONE_RECIPE[scale]
@@ -1065,6 +1142,13 @@ class TableRun:
         self.backbones = Backbones(backbones or self.out.parent / f"backbones_{scale}", scale, videos, self.dist)
         self.data = {k: v for k, v in (datasets or {}).items() if v}
         self.heldout = None
+        self.jobs = 1 if verbose else max(1, int(jobs))
+        self.job_env = {}
+        if self.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+            self.job_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        self.stopping = threading.Event()
+        self.stopping.reason = ""
 
     def seed_run(self, seed: int) -> SeedRun:
         return SeedRun(self, seed)
@@ -1124,12 +1208,51 @@ class TableRun:
         return ctx.result(row, "data")["paths"]
 
     def execute(self, rows: list[Row]) -> dict:
-        """Every seed, every row -> {seed: {row id: status}}; raises StopRequested."""
-        status = {}
-        for seed in self.seeds:
+        """Every seed, every row -> {seed: {row id: status}}; raises StopRequested.
+
+        With `jobs` > 1 the (seed, row) pairs run `jobs` at a time, each in a thread that waits
+        on its stages' commands (a row's stages stay in order; rows are independent, and a
+        backbone two rows share is built once under its lock)."""
+        if self.jobs == 1:
+            status = {}
+            for seed in self.seeds:
+                ctx = self.seed_run(seed)
+                status[seed] = {row.id: ctx.run_row(row, k, len(rows)) for k, row in enumerate(rows, 1)}
+            return status
+        from concurrent.futures import ThreadPoolExecutor
+        board = JobBoard(self.console)
+        free = list(range(self.jobs))                        # a console slot per running job
+        slots = threading.Lock()
+
+        def job(seed: int, k: int, row: Row) -> dict:
+            with slots:
+                slot = free.pop()
             ctx = self.seed_run(seed)
-            status[seed] = {row.id: ctx.run_row(row, k, len(rows)) for k, row in enumerate(rows, 1)}
-        return status
+            ctx.console = JobConsole(board, slot)
+            try:
+                return ctx.run_row(row, k, len(rows))
+            finally:
+                with slots:
+                    free.append(slot)
+
+        with ThreadPoolExecutor(self.jobs) as pool:
+            futures = {(seed, row.id): pool.submit(job, seed, k, row)
+                       for seed in self.seeds for k, row in enumerate(rows, 1)}
+            errors = []
+            for f in futures.values():
+                try:
+                    f.result()
+                except BaseException as err:                 # noqa: BLE001 - re-raised below
+                    self.stopping.reason = self.stopping.reason or f"stopped: {err}"
+                    self.stopping.set()                      # the other jobs stop at their next stage
+                    errors.append(err)
+        stops = [e for e in errors if isinstance(e, StopRequested)]
+        others = [e for e in errors if not isinstance(e, StopRequested)]
+        if others:
+            raise others[0]
+        if stops:
+            raise StopRequested(self.stopping.reason)
+        return {seed: {rid: futures[(seed, rid)].result() for s, rid in futures if s == seed} for seed in self.seeds}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1344,6 +1467,9 @@ def build_parser(table: Table) -> argparse.ArgumentParser:
     g.add_argument("--stop-after", metavar="[[seedS/]ROW/]STAGE",
                    help="stop after this stage, as if killed (tests the resume)")
     g.add_argument("--verbose", action="store_true", help="stream every stage's output to the console")
+    g.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="rows run at once, each stage with cores / N threads (default: 2 at tiny scale on "
+                        "2 or more cores, which is faster than one row on 2 threads; else 1; JOBS=N)")
     g = p.add_argument_group("launch (torchrun for the training stages when NPROC * NNODES > 1)")
     g.add_argument("--nproc", type=int, default=int(env.get("NPROC", 1)), help="processes per node (NPROC)")
     g.add_argument("--nnodes", type=int, default=int(env.get("NNODES", 1)), help="nodes (NNODES)")
@@ -1382,9 +1508,14 @@ def make_run(table: Table, args: argparse.Namespace, stream=None) -> tuple[Table
     ckpts = parse_ckpts(args.ckpt, all_rows)
     finetuned = parse_finetuned(getattr(args, "finetuned", None) or [], all_rows, ckpts)
     smoke_only = table.smoke_rows if scale == "smoke" and not args.rows else None
+    jobs = args.jobs if args.jobs is not None else int(os.environ.get("JOBS", 0)) or (
+        min(2, os.cpu_count() or 1) if scale == "tiny" else 1)
+    if jobs < 1:
+        raise SystemExit("--jobs must be >= 1")
     run = TableRun(table, scale, out, range(args.seed, args.seed + args.seeds), videos=videos, datasets=given,
                    ckpts=ckpts, dist=dist, backbones=args.backbones, verbose=args.verbose,
-                   stop_after=args.stop_after, stream=stream, finetuned=finetuned, smoke_only=smoke_only)
+                   stop_after=args.stop_after, stream=stream, finetuned=finetuned, smoke_only=smoke_only,
+                   jobs=jobs)
     return run, rows
 
 

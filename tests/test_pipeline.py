@@ -63,7 +63,7 @@ def toy(tmp_path, *args, env=None, popen=False):
     script = tmp_path / "toy.py"
     script.write_text(TOY)
     cmd = [sys.executable, str(script), "--out", str(tmp_path / "out"), *args]
-    env = {**os.environ, **(env or {})}
+    env = {**os.environ, "JOBS": "1", **(env or {})}         # one row at a time unless a test says
     env.pop("SMOKE", None)
     if popen:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -99,6 +99,30 @@ def test_seeds_give_mean_and_std_in_every_format(tmp_path):
     assert float(recs["none"]["score_ours"]) == 11.0 and float(recs["none"]["score_std"]) == 1.0
     assert float(recs["other"]["score_paper"]) == 2.25 and recs["other"]["seeds"] == "3"
     assert "[seed 2 row 2/2 Other X] test done in " in run.stdout
+
+
+def test_jobs_run_rows_at_once_with_the_same_table_and_a_stop_stops_every_job(tmp_path):
+    """--jobs 2 over 2 seeds x 2 rows: the rows' stages overlap in time (pipeline.jsonl), every
+    stage ends with its line, the table equals the one-job table; --stop-after in one job stops
+    the run before any stage starts after it, and the rerun finishes the table."""
+    one = toy(tmp_path, "--seeds", "2", "--out", str(tmp_path / "one"))
+    two = toy(tmp_path, "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "two"), env={"TOY_SLEEP": "0.3"})
+    assert one.returncode == 0 and two.returncode == 0, two.stdout + two.stderr
+    assert (tmp_path / "one" / "toy.csv").read_text() == (tmp_path / "two" / "toy.csv").read_text()
+    assert sum("done in " in line for line in two.stdout.splitlines()) == 8
+    ev = [e for e in events(tmp_path / "two") if e.get("stage") == "train" and e["seed"] == 0]
+    t = {(e["row"], e["event"]): time.strptime(e["time"], "%Y-%m-%d %H:%M:%S") for e in ev}
+    order = [(e["row"], e["event"]) for e in ev]
+    assert order.index(("other", "run")) < order.index(("none", "done")), order      # both trained at once
+    assert t[("other", "run")] <= t[("none", "done")]
+    out = tmp_path / "stop"
+    stop = toy(tmp_path, "--jobs", "2", "--stop-after", "none/train", "--out", str(out), env={"TOY_SLEEP": "0.3"})
+    assert stop.returncode == 0 and "stopped after seed 0 none/train" in stop.stdout, stop.stdout
+    assert not (out / "seed0" / "none" / "test.json").exists() and not (out / "toy.txt").exists()
+    started = [(e["row"], e["stage"]) for e in events(out) if e["event"] == "run"]
+    assert ("none", "test") not in started
+    rerun = toy(tmp_path, "--jobs", "2", "--out", str(out))
+    assert rerun.returncode == 0 and (out / "toy.txt").is_file(), rerun.stdout + rerun.stderr
 
 
 def test_kill_and_rerun_redoes_no_finished_stage(tmp_path):
