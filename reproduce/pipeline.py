@@ -58,8 +58,8 @@ and rerun with the same command: no finished stage is redone, and the training c
 inside themselves (`--resume auto`).
 
 Rows at once (`--jobs N`, or JOBS=N): the (seed, row) pairs run N at a time, each in a thread
-that waits on its stages' commands, which then get OMP_NUM_THREADS = cores / N (unless the
-environment sets it). A row's stages keep their order; rows share nothing but backbones, which
+that waits on its stages' commands, which then get OMP_NUM_THREADS = cores / (rows running
+when the stage starts; unless the environment sets it). A row's stages keep their order; rows share nothing but backbones, which
 are built once under their lock. The default is 2 at tiny scale on a machine of 2 or more cores
 (the tiny models use two threads poorly, so two rows on one thread each finish sooner than
 one after the other on two) and 1 at smoke and full scale (full-scale stages are GPU jobs: use
@@ -1008,7 +1008,7 @@ class SeedRun:
         """Run a stage's command; its output goes to <row>/logs/<stage>.log; raise StageFailed."""
         row, stage = self.current
         log = log or self.folder(row, "logs", f"{stage}.log")
-        code = run_command(cmd, log, self.console, progress, {**self.table_run.job_env, **(env or {})})
+        code = run_command(cmd, log, self.console, progress, {**self.table_run.job_env(), **(env or {})})
         if code != 0:
             raise StageFailed(f"{row.id}/{stage}: exit code {code}; full output: {log}\n{tail(log)}")
 
@@ -1143,12 +1143,18 @@ class TableRun:
         self.data = {k: v for k, v in (datasets or {}).items() if v}
         self.heldout = None
         self.jobs = 1 if verbose else max(1, int(jobs))
-        self.job_env = {}
-        if self.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
-            self.job_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        self.active = 0                                  # --jobs: rows running now
         self.stopping = threading.Event()
         self.stopping.reason = ""
+
+    def job_env(self) -> dict:
+        """The thread settings of a stage's command under --jobs: the cores shared by the rows
+        running now (so the last row left gets them all); {} with one job or when the
+        environment sets OMP_NUM_THREADS."""
+        if self.jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+            return {}
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, self.active)))
+        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
     def seed_run(self, seed: int) -> SeedRun:
         return SeedRun(self, seed)
@@ -1227,6 +1233,7 @@ class TableRun:
         def job(seed: int, k: int, row: Row) -> dict:
             with slots:
                 slot = free.pop()
+                self.active += 1
             ctx = self.seed_run(seed)
             ctx.console = JobConsole(board, slot)
             try:
@@ -1234,6 +1241,7 @@ class TableRun:
             finally:
                 with slots:
                     free.append(slot)
+                    self.active -= 1
 
         with ThreadPoolExecutor(self.jobs) as pool:
             futures = {(seed, row.id): pool.submit(job, seed, k, row)
@@ -1468,7 +1476,7 @@ def build_parser(table: Table) -> argparse.ArgumentParser:
                    help="stop after this stage, as if killed (tests the resume)")
     g.add_argument("--verbose", action="store_true", help="stream every stage's output to the console")
     g.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="rows run at once, each stage with cores / N threads (default: 2 at tiny scale on "
+                   help="rows run at once, each stage on its share of the cores (default: 2 at tiny scale on "
                         "2 or more cores, which is faster than one row on 2 threads; else 1; JOBS=N)")
     g = p.add_argument_group("launch (torchrun for the training stages when NPROC * NNODES > 1)")
     g.add_argument("--nproc", type=int, default=int(env.get("NPROC", 1)), help="processes per node (NPROC)")

@@ -125,6 +125,23 @@ def test_jobs_run_rows_at_once_with_the_same_table_and_a_stop_stops_every_job(tm
     assert rerun.returncode == 0 and (out / "toy.txt").is_file(), rerun.stdout + rerun.stderr
 
 
+def test_job_threads_share_the_cores_among_the_rows_running(monkeypatch, tmp_path):
+    """--jobs 4 on 8 cores: 2 threads per stage while 4 rows run, all 8 for the last row left;
+    one job or an OMP_NUM_THREADS of the user's: no setting of ours."""
+    table = pl.Table(name="t", title="t", paper={}, columns=[], rows={"tiny": []}, stages=[],
+                     recipes={"tiny": {}}, collapse_check=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    run = pl.TableRun(table, "tiny", tmp_path, [0], jobs=4)
+    run.active = 4
+    assert run.job_env() == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    run.active = 1
+    assert run.job_env()["OMP_NUM_THREADS"] == "8"
+    assert pl.TableRun(table, "tiny", tmp_path, [0], jobs=1).job_env() == {}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run.job_env() == {}
+
+
 def test_kill_and_rerun_redoes_no_finished_stage(tmp_path):
     """SIGKILL while 'other' trains; the rerun skips every finished stage (result files keep
     their mtime) and redoes only the killed one and those after it."""
