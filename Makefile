@@ -23,7 +23,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(WORKERS) --dist loadfile -q tests
 
 # Table 1 (reproduce/table1.py on reproduce/pipeline.py). No dataset paths: the tiny synthetic
-# reproduction (~12 min on 2 cores), SMOKE=1 for ~2 min; ARGS="--seeds 3" for mean ± std over
+# reproduction (17 min on 2 cores from a fresh clone, two rows at once: --jobs), SMOKE=1 for ~2 min; ARGS="--seeds 3" for mean ± std over
 # seeds, ARGS=--verbose to stream every stage's output. Full scale: make table1 ARGS="--k400 ...
 # --got10k ... --davis ... --ytvos ... --ckpt ROW=PATH" (NPROC / NNODES / NODE_RANK / MASTER_ADDR
 # from the environment or the make command line).

@@ -38,10 +38,11 @@ per GPU), 20.7-92.4 h per row (about 21 h per 400 K400 epochs); DropTrack GOT-10
 on 8 GPUs. The 11 rows we can run ourselves are ~600 h of 64 GPUs: pick rows with --rows.
 
 Commands:
-    make table1                  # tiny synthetic scale on a CPU (below), est. ~25 min on 2 idle cores
+    make table1                  # tiny synthetic scale on a CPU (below), 17 min on 2 idle cores
     make table1 ARGS="--seeds 3" # every row with seeds 0, 1, 2: mean ± std in every cell
     make table1 SMOKE=1          # the same pipeline at smoke scale (the test suite's)
     make table1 ARGS=--verbose   # every stage's output on the console, not only in its log
+    make table1 ARGS="--jobs 1"  # one row at a time (default at tiny scale: 2 rows at once)
     make figure-attention        # reproduce/attention.py on the tiny TwinMAE / DropMAE of table1
     make figure-attention ARGS="--attention-seeds 4"   # and on pairs pre-trained with seeds 1-3
     # the paper, one node of 8 GPUs (NPROC / NNODES from the environment or --nproc / --nnodes):
@@ -72,7 +73,9 @@ inflated 2-5x; the pre-training times are those of 2026-12-01 on a quieter machi
     | vot_val + vot_test, x4                    | 32 + 1 sequences of 24 frames        | 15-25    |
     | vos_train, x4                             | 1000 iterations, batch 4, 96 px      | 140-290  |
     | vos_val, x4 (and the baseline row)        | 12 sequences of 12 frames            | 7-13     |
-    Measured end to end: see README ("Known gaps").
+    Measured end to end from a fresh clone, venv included, idle machine: 17:07 with the default
+    --jobs 2 (two rows at once, one thread each; those stages take ~1.2-1.7x the times
+    above), 24:13 with --jobs 1 (README, "Known gaps").
 The pre-training numbers are `pipeline.BACKBONE_RECIPE` (shared by every table); the fine-tuning
 numbers are `FINETUNE_RECIPE` below.
 """
