@@ -31,8 +31,10 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import errno
+import hashlib
 import json
 import math
 import os
@@ -241,6 +243,74 @@ def asad_weights(attn: torch.Tensor) -> torch.Tensor:
     return w.view(*attn.shape[:-1], h)
 
 
+RACE_KERNEL = True     # False: the torch ops path on the CPU too (tests compare the two)
+RACE_KERNEL_FLAGS = (["-O3", "-march=native"], ["-O3"])     # tried in order
+_KERNEL: dict = {}
+
+
+def _race_kernel():
+    """The fused CPU draw (`asad_race.c`, beside this file) as a ctypes library, or None.
+
+    Compiled on first use with the C compiler ($CC, default cc) for this machine into
+    $DROPMAE_CACHE (default ~/.cache/dropmae), under a name hashing the source, the flags and
+    the host, and loaded with ctypes (no Python package needed). None, and the torch ops path
+    runs instead (the same algorithm and law, other random numbers), when there is no compiler,
+    the build fails, or DROPMAE_KERNEL=0. It computes, per (sample, head), exactly the steps
+    of `asad_weights`, `race_threshold` and `race_top_k` in one pass over the logits, with a
+    counter-based generator seeded from torch's (argument in the file's header)."""
+    if "lib" in _KERNEL:
+        return _KERNEL["lib"]
+    _KERNEL["lib"] = None
+    src = Path(__file__).with_name("asad_race.c")
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if os.environ.get("DROPMAE_KERNEL", "1") == "0" or cc is None or not src.exists():
+        return None
+    cache = Path(os.environ.get("DROPMAE_CACHE", Path.home() / ".cache" / "dropmae"))
+    for flags in RACE_KERNEL_FLAGS:
+        args = [*flags, "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c11", "-shared", "-fPIC"]
+        tag = hashlib.sha256(src.read_bytes() + repr((cc, args, platform.node(), platform.machine()))
+                             .encode()).hexdigest()[:16]
+        lib_path = cache / f"asad_race-{tag}.so"
+        try:
+            if not lib_path.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
+                subprocess.run([cc, *args, str(src), "-o", str(tmp), "-lm"], check=True,
+                               capture_output=True, timeout=120)
+                os.replace(tmp, lib_path)                                  # atomic: ranks may race
+            lib = ctypes.CDLL(str(lib_path))
+        except (OSError, subprocess.SubprocessError):
+            continue
+        i64, u64, ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p
+        lib.race_rows.argtypes = [ptr, i64, i64, ptr, u64, i64, i64, ptr]
+        lib.asad_rows.argtypes = [ptr, i64, i64, u64, ctypes.c_int, i64, i64, ptr]
+        _KERNEL["lib"] = lib
+        break
+    return _KERNEL["lib"]
+
+
+def _kernel_seed(generator) -> int:
+    """One 64-bit seed for the kernel's generator, drawn from torch's (so manual_seed fixes it)."""
+    return int(torch.empty((), dtype=torch.int64).random_(-2 ** 63, None, generator=generator)) % 2 ** 64
+
+
+def _kernel_run(fn, rows: int, *args):
+    """fn(*args, m0, m1, out) over row ranges [m0, m1) split among torch's threads (ctypes
+    releases the GIL). The draw of each row depends on the seed and the row only, not on the
+    split, so every thread count gives the same result."""
+    threads = min(torch.get_num_threads(), rows)
+    cuts = [rows * i // threads for i in range(threads + 1)]
+    calls = [(*args[:-1], cuts[i], cuts[i + 1], args[-1]) for i in range(threads)]
+    if threads == 1:
+        codes = [fn(*calls[0])]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(threads) as pool:
+            codes = list(pool.map(lambda a: fn(*a), calls))
+    if any(codes):
+        raise MemoryError("asad_race.c: out of memory")
+
+
 RACE_LEVELS = 256      # resolution of the coarse uniforms that pre-filter the race (one byte)
 RACE_STRIDE = 17       # the threshold is estimated on every 17th weight
 RACE_MARGIN = 3.0      # ... for k + 3 sd(estimate) keys below it, so a fallback is rare
@@ -309,6 +379,14 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
     dev = w.device
     if k == 0:
         return torch.zeros(M, 0, dtype=torch.long, device=dev)
+    lib = _race_kernel() if dev.type == "cpu" and RACE_KERNEL else None
+    if lib is not None:                                                       # the fused kernel
+        w = w.detach().float().contiguous()
+        tt = None if t is None else t.detach().double().contiguous()
+        out = torch.empty(M, k, dtype=torch.long)
+        _kernel_run(lib.race_rows, M, w.data_ptr(), n, k, None if tt is None else tt.data_ptr(),
+                    _kernel_seed(generator), out.data_ptr())
+        return out
     t = race_threshold(w, k) if t is None else t                              # (M,)
     levels = race_levels((M, n), generator, dev)                              # (M, n) uint8
     flat = torch.nonzero(torch.lt(levels, w * (RACE_LEVELS * t).unsqueeze(1)).view(-1)).squeeze(1)
@@ -399,11 +477,27 @@ def asad_drop_indices(logits: torch.Tensor, p: float, generator: torch.Generator
     L = logits.shape[-1]
     if L % 2:
         raise ValueError(f"ASAD needs two frames of equal length; got L = {L}")
+    k = asad_num_drops(L, p)
+    lib = _race_kernel() if logits.device.type == "cpu" and RACE_KERNEL and k else None
     lg = logits.detach().reshape((-1,) + logits.shape[-3:] if logits.dim() > 3 else (-1, L, L))
-    idx = torch.empty(lg.shape[:-2] + (asad_num_drops(L, p),), dtype=torch.long, device=lg.device)
+    idx = torch.empty(lg.shape[:-2] + (k,), dtype=torch.long, device=lg.device)
     for s in _blocks(lg.shape[0], 4 * lg[0].numel(), lg.device):           # along dim 0
-        idx[s] = asad_draw(lg[s].softmax(dim=-1, dtype=torch.float32), p, generator)
+        if lib is not None:                                                   # the fused kernel
+            _kernel_drops(lib, lg[s], k, _kernel_seed(generator), out=idx[s])
+        else:
+            idx[s] = asad_draw(lg[s].softmax(dim=-1, dtype=torch.float32), p, generator)
     return idx.view(logits.shape[:-2] + (-1,))
+
+
+def _kernel_drops(lib, logits: torch.Tensor, k: int, seed: int, upto: int = 6,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """`asad_rows` of asad_race.c: (..., L, L) CPU logits -> (..., k) int64 flat drop indices
+    (into out, contiguous, when given). upto < 6 stops after a stage (profiling; out unwritten)."""
+    L = logits.shape[-1]
+    lg = logits.detach().reshape(-1, L, L).float().contiguous()
+    res = out if out is not None and out.is_contiguous() else torch.empty(logits.shape[:-2] + (k,), dtype=torch.long)
+    _kernel_run(lib.asad_rows, lg.shape[0], lg.data_ptr(), L, k, seed, upto, res.data_ptr())
+    return res if out is None or out is res else out.copy_(res)
 
 
 @torch.no_grad()
@@ -480,7 +574,7 @@ class ASADAttention(torch.autograd.Function):
         buf = q.new_empty(blocks[0].stop - blocks[0].start, H, N, N)         # logits, then mask
         for s in blocks:
             logits = torch.matmul(q[s], k[s].transpose(-2, -1), out=buf[:s.stop - s.start])
-            idx = asad_draw(logits.mul_(scale).softmax(-1, dtype=torch.float32), p)   # (b, H, K)
+            idx = asad_drop_indices(logits.mul_(scale), p)                      # (b, H, K)
             mask = logits.zero_()
             mask.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
             o, l = _attend(q[s], k[s], v[s], mask, scale)
