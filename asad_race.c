@@ -15,14 +15,18 @@
  * per matrix from one 64-bit seed that the caller draws from torch's generator, so
  * `torch.manual_seed` fixes every draw, and b_j and the low bits of u_j are functions of j:
  * the fallback (step 4 of `race_top_k`) recomputes exactly the uniforms the pruned pass saw.
- * Exactness: a position whose byte already gives b_j >= 256 W_j t has key >= t; if at least K
- * keys lie below t, the K smallest keys are among the others, so selecting the K smallest
- * candidate keys is selecting the K smallest of all keys (the exponential race: the law of
- * multinomial sampling without replacement); with fewer, every key is computed (same u_j).
- * The exact selection is a radix select on the bits of the (non-negative double) keys; exact
- * ties, of probability ~2^-50, go to the lower index.
- * The math functions are written out (exp in float for the softmax, log in double for the keys;
- * errors below 2 ulp) so that the compiler vectorises the loops; no -ffast-math. */
+ * Exactness: a position whose byte already gives b_j >= 256 W_j t has key >= t (the test uses
+ * 256 t (1 + 2^-16), above the float rounding of the product); if at least K keys lie below t,
+ * the K smallest keys are among the others, so selecting the K smallest candidate keys is
+ * selecting the K smallest of all keys (the exponential race: the law of multinomial sampling
+ * without replacement); with fewer, every key is computed (same u_j) and the K smallest taken.
+ * The exact selection: keys below t into 2048 equal buckets of [0, t) (a monotone map, so a
+ * lower bucket holds only smaller keys), the buckets below the K-th key taken whole, then a
+ * radix select on the bits of the (non-negative double) keys of that one bucket; exact ties,
+ * of probability ~2^-50, go to the lower index.
+ * The math functions are written out (exp in float for the softmax, relative error < 1e-7;
+ * log in double for the keys, < 3e-16, as fdlibm) so that the compiler vectorises the loops
+ * (-fno-trapping-math, no -ffast-math: inf and NaN keep their meaning). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,7 +46,7 @@ static inline uint64_t mix64(uint64_t z) {                       /* splitmix64's
     return z ^ (z >> 31);
 }
 
-static inline float exp_f(float x) {                   /* Cephes expf; x <= 0 here, rel err < 2e-7 */
+static inline float exp_f(float x) {                   /* Cephes expf; x <= 0 here, rel err < 1e-7 */
     x = x < -87.0f ? -87.0f : x;
     float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
