@@ -252,12 +252,12 @@ def _race_kernel():
     """The fused CPU draw (`asad_race.c`, beside this file) as a ctypes library, or None.
 
     Compiled on first use with the C compiler ($CC, default cc) for this machine into
-    $DROPMAE_CACHE (default ~/.cache/dropmae), under a name hashing the source, the flags and
-    the host, and loaded with ctypes (no Python package needed). None, and the torch ops path
-    runs instead (the same algorithm and law, other random numbers), when there is no compiler,
-    the build fails, or DROPMAE_KERNEL=0. It computes, per (sample, head), exactly the steps
-    of `asad_weights`, `race_threshold` and `race_top_k` in one pass over the logits, with a
-    counter-based generator seeded from torch's (argument in the file's header)."""
+    $DROPMAE_CACHE (default ~/.cache/dropmae), under a name hashing the source, the flags, the
+    host and its CPU flags, and loaded with ctypes (no Python package needed). None, and the
+    torch ops path runs instead (the same algorithm and law, other random numbers), when there
+    is no compiler, the build fails, or DROPMAE_KERNEL=0. It computes, per (sample, head), the
+    steps of `asad_weights`, `race_threshold` and `race_top_k` in one pass over the logits, with
+    a counter-based generator seeded from torch's (the argument is in the file's header)."""
     if "lib" in _KERNEL:
         return _KERNEL["lib"]
     _KERNEL["lib"] = None
@@ -267,9 +267,10 @@ def _race_kernel():
         return None
     cache = Path(os.environ.get("DROPMAE_CACHE", Path.home() / ".cache" / "dropmae"))
     for flags in RACE_KERNEL_FLAGS:
-        args = [*flags, "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c11", "-shared", "-fPIC"]
-        tag = hashlib.sha256(src.read_bytes() + repr((cc, args, platform.node(), platform.machine()))
-                             .encode()).hexdigest()[:16]
+        args = [*flags, "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c11",
+                "-shared", "-fPIC"]
+        tag = hashlib.sha256(src.read_bytes() + repr((cc, args, platform.node(), platform.machine(),
+                                                     _cpu_flags())).encode()).hexdigest()[:16]
         lib_path = cache / f"asad_race-{tag}.so"
         try:
             if not lib_path.exists():
@@ -287,6 +288,15 @@ def _race_kernel():
         _KERNEL["lib"] = lib
         break
     return _KERNEL["lib"]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), so that a cache shared by other CPUs holds one build each."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
 
 
 def _kernel_seed(generator) -> int:
@@ -376,8 +386,8 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
        n keys. So every row is the top-k of the full race.
     On a CPU with the fused kernel (`_race_kernel`, RACE_KERNEL) the same steps run in C, one
     row at a time: other random numbers (a counter-based generator seeded from `generator`),
-    u_j and the keys in double precision, the exact selection a radix select instead of a
-    top-k; the same law (the argument is the one above; asad_race.c's header has the details).
+    u_j and the keys in double precision, the exact selection by buckets and a radix select
+    instead of a top-k; the same law (the argument above; asad_race.c's header has the details).
     """
     M, n = w.shape
     dev = w.device
@@ -475,9 +485,10 @@ def asad_drop_indices(logits: torch.Tensor, p: float, generator: torch.Generator
     W, the uniforms and the keys are float32, as in the official `torch.multinomial` (itself a
     race of float32 exponential keys): the same law up to the same rounding.
     On a CPU these steps run fused, one (sample, head) matrix at a time, in the C kernel
-    asad_race.c (`_race_kernel`; 15-25x the official loop's speed at ViT-B where the torch ops
-    below reach ~3x): the softmax and W from the logits in one pass over each row, the threshold,
-    the bytes, the candidates, their keys and an exact radix selection, all within the cache.
+    asad_race.c (`_race_kernel`; ~14x the official loop's speed at ViT-B on one CPU thread,
+    where the torch ops below reach ~3x): the softmax and W from the logits in one pass over
+    each row, the threshold, the bytes, the candidates, their keys and an exact selection (equal
+    buckets of [0, t), then a radix select), all within the cache.
     It is the same algorithm with the same exactness argument; what differs is the arithmetic
     and the random numbers: a uniform u_j = k_j 2^-53 from a 53-bit integer k_j whose top 8 bits
     are the byte b_j (so u_j >= b_j / 256 again, the pruning bound), 1 - u_j exact and the keys
@@ -513,7 +524,8 @@ def _kernel_drops(lib, logits: torch.Tensor, k: int, seed: int, upto: int = 6,
     (into out, contiguous, when given). upto < 6 stops after a stage (profiling; out unwritten)."""
     L = logits.shape[-1]
     lg = logits.detach().reshape(-1, L, L).float().contiguous()
-    res = out if out is not None and out.is_contiguous() else torch.empty(logits.shape[:-2] + (k,), dtype=torch.long)
+    res = out if out is not None and out.is_contiguous() else \
+        torch.empty(logits.shape[:-2] + (k,), dtype=torch.long)
     _kernel_run(lib.asad_rows, lg.shape[0], lg.data_ptr(), L, k, seed, upto, res.data_ptr())
     return res if out is None or out is res else out.copy_(res)
 

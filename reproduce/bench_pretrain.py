@@ -250,7 +250,8 @@ def bench_sampler(batch: int, device, repeats: int) -> dict:
     stage_s = {name: batch * statistics.median(x) for name, x in parts.items()}
     if kernel is not None:                                                 # cumulative -> each
         cum = list(stage_s.values())
-        stage_s = {name: max(0.0, c - (cum[i - 1] if i else 0.0)) for i, (name, c) in enumerate(zip(stage_s, cum))}
+        stage_s = {name: max(0.0, c - (cum[i - 1] if i else 0.0))
+                   for i, (name, c) in enumerate(zip(stage_s, cum))}
     out = {"ours_s": statistics.median(ours), "official_style_s": statistics.median(official),
            "speedup": statistics.median(official) / statistics.median(ours),
            "path": "fused CPU kernel (asad_race.c)" if kernel is not None else "torch ops",
