@@ -57,12 +57,13 @@ table-tap: $(STAMP)
 	$(PYTHON) -m reproduce.table_tap $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
 # Benchmarks: ratios measured side by side in one run; never timed tests. QUICK=1: the short
-# variant of bench-pretrain (~10 min on 2 cores instead of ~25). bench-flow and bench-3d (ViT-B
+# variant of bench-pretrain (~10 min on 2 cores instead of ~25); CPU_TIME=1 times it in CPU
+# seconds of one thread (for a shared machine; run it with OMP_NUM_THREADS=1). bench-flow and bench-3d (ViT-B
 # on a CPU: long) and bench-gpu (CUDA only) run on their own.
 bench: bench-pretrain bench-eval bench-vot bench-tap
 
 bench-pretrain: $(STAMP)
-	$(PYTHON) -m reproduce.bench_pretrain $(if $(filter 1,$(QUICK)),--quick) --out $(BENCH)/pretrain.json
+	$(PYTHON) -m reproduce.bench_pretrain $(if $(filter 1,$(QUICK)),--quick) $(if $(filter 1,$(CPU_TIME)),--cpu-time) --out $(BENCH)/pretrain.json
 
 # On a CUDA machine only (refuses elsewhere, exit status 2): pre-training at batch 64 bf16, MFU,
 # ASAD overhead, SDPA backends, DropTrack / DropSeg speed, end to end. ARGS="--compile" etc.

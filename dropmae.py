@@ -31,8 +31,10 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import errno
+import hashlib
 import json
 import math
 import os
@@ -241,6 +243,84 @@ def asad_weights(attn: torch.Tensor) -> torch.Tensor:
     return w.view(*attn.shape[:-1], h)
 
 
+RACE_KERNEL = True     # False: the torch ops path on the CPU too (tests compare the two)
+RACE_KERNEL_FLAGS = (["-O3", "-march=native"], ["-O3"])     # tried in order
+_KERNEL: dict = {}
+
+
+def _race_kernel():
+    """The fused CPU draw (`asad_race.c`, beside this file) as a ctypes library, or None.
+
+    Compiled on first use with the C compiler ($CC, default cc) for this machine into
+    $DROPMAE_CACHE (default ~/.cache/dropmae), under a name hashing the source, the flags, the
+    host and its CPU flags, and loaded with ctypes (no Python package needed). None, and the
+    torch ops path runs instead (the same algorithm and law, other random numbers), when there
+    is no compiler, the build fails, or DROPMAE_KERNEL=0. It computes, per (sample, head), the
+    steps of `asad_weights`, `race_threshold` and `race_top_k` in one pass over the logits, with
+    a counter-based generator seeded from torch's (the argument is in the file's header)."""
+    if "lib" in _KERNEL:
+        return _KERNEL["lib"]
+    _KERNEL["lib"] = None
+    src = Path(__file__).with_name("asad_race.c")
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if os.environ.get("DROPMAE_KERNEL", "1") == "0" or cc is None or not src.exists():
+        return None
+    cache = Path(os.environ.get("DROPMAE_CACHE", Path.home() / ".cache" / "dropmae"))
+    for flags in RACE_KERNEL_FLAGS:
+        args = [*flags, "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c11",
+                "-shared", "-fPIC"]
+        tag = hashlib.sha256(src.read_bytes() + repr((cc, args, platform.node(), platform.machine(),
+                                                     _cpu_flags())).encode()).hexdigest()[:16]
+        lib_path = cache / f"asad_race-{tag}.so"
+        try:
+            if not lib_path.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
+                subprocess.run([cc, *args, str(src), "-o", str(tmp), "-lm"], check=True,
+                               capture_output=True, timeout=120)
+                os.replace(tmp, lib_path)                                  # atomic: ranks may race
+            lib = ctypes.CDLL(str(lib_path))
+        except (OSError, subprocess.SubprocessError):
+            continue
+        i64, u64, ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p
+        lib.race_rows.argtypes = [ptr, i64, i64, ptr, u64, i64, i64, ptr]
+        lib.asad_rows.argtypes = [ptr, i64, i64, u64, ctypes.c_int, i64, i64, ptr]
+        _KERNEL["lib"] = lib
+        break
+    return _KERNEL["lib"]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), so that a cache shared by other CPUs holds one build each."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _kernel_seed(generator) -> int:
+    """One 64-bit seed for the kernel's generator, drawn from torch's (so manual_seed fixes it)."""
+    return int(torch.empty((), dtype=torch.int64).random_(-2 ** 63, None, generator=generator)) % 2 ** 64
+
+
+def _kernel_run(fn, rows: int, *args):
+    """fn(*args, m0, m1, out) over row ranges [m0, m1) split among torch's threads (ctypes
+    releases the GIL). The draw of each row depends on the seed and the row only, not on the
+    split, so every thread count gives the same result."""
+    threads = min(torch.get_num_threads(), rows)
+    cuts = [rows * i // threads for i in range(threads + 1)]
+    calls = [(*args[:-1], cuts[i], cuts[i + 1], args[-1]) for i in range(threads)]
+    if threads == 1:
+        codes = [fn(*calls[0])]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(threads) as pool:
+            codes = list(pool.map(lambda a: fn(*a), calls))
+    if any(codes):
+        raise MemoryError("asad_race.c: out of memory")
+
+
 RACE_LEVELS = 256      # resolution of the coarse uniforms that pre-filter the race (one byte)
 RACE_STRIDE = 17       # the threshold is estimated on every 17th weight
 RACE_MARGIN = 3.0      # ... for k + 3 sd(estimate) keys below it, so a fallback is rare
@@ -304,11 +384,23 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
        same race: its candidates keep their v_j, the others draw theirs now (v is independent of
        everything seen so far, which is only their byte b_j), and it takes the top-k over all
        n keys. So every row is the top-k of the full race.
+    On a CPU with the fused kernel (`_race_kernel`, RACE_KERNEL) the same steps run in C, one
+    row at a time: other random numbers (a counter-based generator seeded from `generator`),
+    u_j and the keys in double precision, the exact selection by buckets and a radix select
+    instead of a top-k; the same law (the argument above; asad_race.c's header has the details).
     """
     M, n = w.shape
     dev = w.device
     if k == 0:
         return torch.zeros(M, 0, dtype=torch.long, device=dev)
+    lib = _race_kernel() if dev.type == "cpu" and RACE_KERNEL else None
+    if lib is not None:                                                       # the fused kernel
+        w = w.detach().float().contiguous()
+        tt = None if t is None else t.detach().double().contiguous()
+        out = torch.empty(M, k, dtype=torch.long)
+        _kernel_run(lib.race_rows, M, w.data_ptr(), n, k, None if tt is None else tt.data_ptr(),
+                    _kernel_seed(generator), out.data_ptr())
+        return out
     t = race_threshold(w, k) if t is None else t                              # (M,)
     levels = race_levels((M, n), generator, dev)                              # (M, n) uint8
     flat = torch.nonzero(torch.lt(levels, w * (RACE_LEVELS * t).unsqueeze(1)).view(-1)).squeeze(1)
@@ -392,18 +484,50 @@ def asad_drop_indices(logits: torch.Tensor, p: float, generator: torch.Generator
       probabilities, and each branch separately).
     W, the uniforms and the keys are float32, as in the official `torch.multinomial` (itself a
     race of float32 exponential keys): the same law up to the same rounding.
+    On a CPU these steps run fused, one (sample, head) matrix at a time, in the C kernel
+    asad_race.c (`_race_kernel`; ~14x the official loop's speed at ViT-B on one CPU thread,
+    where the torch ops below reach ~3x): the softmax and W from the logits in one pass over
+    each row, the threshold, the bytes, the candidates, their keys and an exact selection (equal
+    buckets of [0, t), then a radix select), all within the cache.
+    It is the same algorithm with the same exactness argument; what differs is the arithmetic
+    and the random numbers: a uniform u_j = k_j 2^-53 from a 53-bit integer k_j whose top 8 bits
+    are the byte b_j (so u_j >= b_j / 256 again, the pruning bound), 1 - u_j exact and the keys
+    in double; the words from a counter-based generator (splitmix64) keyed by one 64-bit seed
+    drawn from `generator` per block, so `torch.manual_seed` still fixes every draw, and every
+    uniform is a function of its position, so the rare completion of a race recomputes exactly
+    the uniforms the pruned pass used. The two paths draw from the same law (tested: exact set
+    probabilities on both, and the kernel against the torch path at the ViT-B shape), not the
+    same masks. Where the kernel cannot be built (no C compiler) or RACE_KERNEL is False, and on
+    GPUs, the torch ops below run.
     The matrices are processed in blocks along dim 0 (`_blocks`); the draw is fixed by the
-    generator's state (`torch.manual_seed`) and the shape. No gradient flows: the logits are
-    detached.
+    generator's state (`torch.manual_seed`) and the shape (and, with the kernel, the same for
+    every thread count). No gradient flows: the logits are detached.
     """
     L = logits.shape[-1]
     if L % 2:
         raise ValueError(f"ASAD needs two frames of equal length; got L = {L}")
+    k = asad_num_drops(L, p)
+    lib = _race_kernel() if logits.device.type == "cpu" and RACE_KERNEL and k else None
     lg = logits.detach().reshape((-1,) + logits.shape[-3:] if logits.dim() > 3 else (-1, L, L))
-    idx = torch.empty(lg.shape[:-2] + (asad_num_drops(L, p),), dtype=torch.long, device=lg.device)
+    idx = torch.empty(lg.shape[:-2] + (k,), dtype=torch.long, device=lg.device)
     for s in _blocks(lg.shape[0], 4 * lg[0].numel(), lg.device):           # along dim 0
-        idx[s] = asad_draw(lg[s].softmax(dim=-1, dtype=torch.float32), p, generator)
+        if lib is not None:                                                   # the fused kernel
+            _kernel_drops(lib, lg[s], k, _kernel_seed(generator), out=idx[s])
+        else:
+            idx[s] = asad_draw(lg[s].softmax(dim=-1, dtype=torch.float32), p, generator)
     return idx.view(logits.shape[:-2] + (-1,))
+
+
+def _kernel_drops(lib, logits: torch.Tensor, k: int, seed: int, upto: int = 6,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """`asad_rows` of asad_race.c: (..., L, L) CPU logits -> (..., k) int64 flat drop indices
+    (into out, contiguous, when given). upto < 6 stops after a stage (profiling; out unwritten)."""
+    L = logits.shape[-1]
+    lg = logits.detach().reshape(-1, L, L).float().contiguous()
+    res = out if out is not None and out.is_contiguous() else \
+        torch.empty(logits.shape[:-2] + (k,), dtype=torch.long)
+    _kernel_run(lib.asad_rows, lg.shape[0], lg.data_ptr(), L, k, seed, upto, res.data_ptr())
+    return res if out is None or out is res else out.copy_(res)
 
 
 @torch.no_grad()
@@ -480,7 +604,7 @@ class ASADAttention(torch.autograd.Function):
         buf = q.new_empty(blocks[0].stop - blocks[0].start, H, N, N)         # logits, then mask
         for s in blocks:
             logits = torch.matmul(q[s], k[s].transpose(-2, -1), out=buf[:s.stop - s.start])
-            idx = asad_draw(logits.mul_(scale).softmax(-1, dtype=torch.float32), p)   # (b, H, K)
+            idx = asad_drop_indices(logits.mul_(scale), p)                      # (b, H, K)
             mask = logits.zero_()
             mask.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
             o, l = _attend(q[s], k[s], v[s], mask, scale)

@@ -14,6 +14,8 @@ Measured in one run (the five rows of issue 16, then data):
    = DropMAE step / TwinMAE step - 1;
 2. the sampler per decoder layer (B x 16 heads x 392 x 392 logits, K = 7448 drops per
    (sample, head)): `asad_drop_indices` against the official-style loop, from the same logits;
+   on a CPU where the fused kernel (asad_race.c) builds, also the torch ops path it replaces,
+   and the kernel's time stage by stage;
 3. the peak memory of a step over the memory held when it starts. GPU:
    torch.cuda.max_memory_allocated. CPU: the peak of the bytes held by PyTorch's CPU allocator
    during the step, from torch.profiler's memory events (profile_memory=True: every allocation
@@ -35,6 +37,8 @@ DropMAE peak memory <= TwinMAE + 10 %; ours >= 1.5x faster than the official sty
 Commands:
     python -m reproduce.bench_pretrain --out runs/bench/pretrain.json          # ~25 min on 2 cores
     python -m reproduce.bench_pretrain --quick --out runs/bench/pretrain.json  # ~10 min
+    # on a shared machine: one thread, CPU seconds of that thread (make ... CPU_TIME=1)
+    OMP_NUM_THREADS=1 python -m reproduce.bench_pretrain --cpu-time --out runs/bench/pretrain.json
 """
 import argparse
 import json
@@ -51,6 +55,7 @@ from pathlib import Path
 import torch
 
 from data import bench_decode, write_synthetic_clips
+import dropmae
 from dropmae import (Attention, DropMAE, asad_drop_indices, asad_num_drops, asad_weights,
                      get_config, param_groups, race_threshold, race_top_k)
 
@@ -199,34 +204,62 @@ def bench_steps(batch: int, device, repeats: int) -> dict:
     return out
 
 
+KERNEL_STAGES = ["weights W (softmax, f_tem, r)", "threshold", "random bytes",
+                 "candidates (byte test, compaction)", "keys (uniform, log, divide)", "exact selection"]
+
+
 def bench_sampler(batch: int, device, repeats: int) -> dict:
     """Seconds per decoder layer (batch, 16 heads, 392, 392) of the sampler alone, from logits:
-    ours vs the official-style loop, interleaved; medians. Also where our time goes, stage by
-    stage, as `asad_drop_indices` runs them: on one sample (its blocks hold one sample on a
-    CPU) times the batch (each stage timed alone, medians; they sum to about the whole): the
-    softmax, the weights W, the race's threshold, the race itself."""
+    ours vs the official-style loop, interleaved; medians. On a CPU with the fused kernel
+    (asad_race.c) also our torch ops path (the fallback without a C compiler). And where our
+    time goes, stage by stage, on one sample (its blocks hold one sample on a CPU) times the
+    batch, medians: with the kernel, its cumulative stops after each stage (`upto`), differenced;
+    without, each torch stage alone (softmax, W, threshold, race)."""
     torch.manual_seed(0)
     logits = torch.randn(batch, 16, 392, 392, device=device) * 2.0
     k = asad_num_drops(392, 0.1)
     one = logits[:1].reshape(16, 392, 392)
-    probs = one.softmax(-1)
-    w = asad_weights(probs).reshape(16, -1)
-    t = race_threshold(w, k)
-    stages = {"softmax": lambda: one.softmax(-1), "weights W": lambda: asad_weights(probs),
-              "threshold": lambda: race_threshold(w, k), "race (levels, candidates, top-k)":
-              lambda: race_top_k(w, k, t=t)}
-    ours, official, parts = [], [], {name: [] for name in stages}
+    kernel = dropmae._race_kernel() if device.type == "cpu" and dropmae.RACE_KERNEL else None
+    if kernel is not None:
+        stages = {name: (lambda u=u: dropmae._kernel_drops(kernel, one, k, 1, upto=u))
+                  for u, name in enumerate(KERNEL_STAGES, 1)}
+    else:
+        probs = one.softmax(-1)
+        w = asad_weights(probs).reshape(16, -1)
+        t = race_threshold(w, k)
+        stages = {"softmax": lambda: one.softmax(-1), "weights W": lambda: asad_weights(probs),
+                  "threshold": lambda: race_threshold(w, k), "race (levels, candidates, top-k)":
+                  lambda: race_top_k(w, k, t=t)}
+
+    def torch_path():
+        dropmae.RACE_KERNEL = False
+        try:
+            asad_drop_indices(logits, 0.1)
+        finally:
+            dropmae.RACE_KERNEL = True
+    ours, official, fallback, parts = [], [], [], {name: [] for name in stages}
     asad_drop_indices(logits, 0.1)                                         # warm-up
     for _ in range(repeats):
         ours.append(timed(lambda: asad_drop_indices(logits, 0.1), device))
         official.append(timed(lambda: official_style_asad(logits, 0.1), device))
         ours.append(timed(lambda: asad_drop_indices(logits, 0.1), device))
+        if kernel is not None:
+            fallback.append(timed(torch_path, device))
         for name, fn in stages.items():
             parts[name].append(timed(fn, device))
-    return {"ours_s": statistics.median(ours), "official_style_s": statistics.median(official),
-            "speedup": statistics.median(official) / statistics.median(ours),
-            "stages_s": {name: batch * statistics.median(x) for name, x in parts.items()},
-            "all_ours_s": ours, "all_official_s": official}
+    stage_s = {name: batch * statistics.median(x) for name, x in parts.items()}
+    if kernel is not None:                                                 # cumulative -> each
+        cum = list(stage_s.values())
+        stage_s = {name: max(0.0, c - (cum[i - 1] if i else 0.0))
+                   for i, (name, c) in enumerate(zip(stage_s, cum))}
+    out = {"ours_s": statistics.median(ours), "official_style_s": statistics.median(official),
+           "speedup": statistics.median(official) / statistics.median(ours),
+           "path": "fused CPU kernel (asad_race.c)" if kernel is not None else "torch ops",
+           "stages_s": stage_s, "all_ours_s": ours, "all_official_s": official}
+    if fallback:
+        out.update(torch_path_s=statistics.median(fallback), all_torch_path_s=fallback,
+                   torch_path_speedup=statistics.median(official) / statistics.median(fallback))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,14 +396,18 @@ def main(argv=None):
         print("\n".join(lines), flush=True)
     if "sampler" not in args.skip:
         s = result["sampler"] = bench_sampler(batch, device, repeats)
-        lines += [f"ASAD sampler per decoder layer (B={batch}, 16 heads, 392x392, K=7448), median s",
-                  f"  official-style loop (multinomial per sample, head)  {s['official_style_s']:.4f}",
-                  f"  ours (asad_drop_indices)                            {s['ours_s']:.4f}"
-                  f"   {s['speedup']:.1f}x (target >= 10x: {'met' if s['speedup'] >= 10 else 'NOT met'})",
-                  "  where ours goes (s per layer, each stage alone on one sample x B): " + ", ".join(
-                      f"{name} {sec:.4f}" for name, sec in s["stages_s"].items())]
+        new = [f"ASAD sampler per decoder layer (B={batch}, 16 heads, 392x392, K=7448), median s",
+               f"  official-style loop (multinomial per sample, head)  {s['official_style_s']:.4f}",
+               f"  ours (asad_drop_indices, {s['path']})  {s['ours_s']:.4f}"
+               f"   {s['speedup']:.1f}x (target >= 10x: {'met' if s['speedup'] >= 10 else 'NOT met'})"]
+        if "torch_path_s" in s:
+            new.append(f"  ours, torch ops path (the fallback without a C compiler)  {s['torch_path_s']:.4f}"
+                       f"   {s['torch_path_speedup']:.1f}x")
+        new.append("  where ours goes (s per layer, on one sample x B): " + ", ".join(
+            f"{name} {sec:.4f}" for name, sec in s["stages_s"].items()))
+        lines += new
         result.setdefault("target_met", {})["sampler"] = s["speedup"] >= 10
-        print("\n".join(lines[-4:]), flush=True)
+        print("\n".join(new), flush=True)
     if "data" not in args.skip or "e2e" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
             folders = make_clips(tmp, args.quick)

@@ -1,8 +1,21 @@
-"""ASAD: the mask's hard properties and its sampling law against the official-style sampler."""
+"""ASAD: the mask's hard properties and its sampling law against the official-style sampler.
+
+Tests taking the `path` fixture run twice: with the fused CPU kernel (asad_race.c; skipped
+where no C compiler builds it) and with the torch ops path (`dropmae.RACE_KERNEL = False`)."""
 import pytest
 import torch
 
+import dropmae
 from dropmae import asad_mask, asad_num_drops
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def path(request, monkeypatch):
+    """Which implementation of the draw runs on the CPU."""
+    if request.param == "kernel" and dropmae._race_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel is not built")
+    monkeypatch.setattr(dropmae, "RACE_KERNEL", request.param == "kernel")
+    return request.param
 
 
 def reference_weights(logits: torch.Tensor) -> torch.Tensor:
@@ -56,7 +69,7 @@ def test_k_formula_matches_spec_for_vit_b():
     assert asad_num_drops(8, 0.34) == 8
 
 
-def test_mask_properties_exact_count_no_diagonal_no_cross_frame():
+def test_mask_properties_exact_count_no_diagonal_no_cross_frame(path):
     """Exactly K drops per (sample, head); never the diagonal; never across frames."""
     torch.manual_seed(0)
     logits = torch.randn(3, 4, 72, 72) * 3
@@ -75,14 +88,14 @@ def test_p_zero_is_twinmae_and_odd_length_is_an_error():
         asad_mask(torch.randn(2, 15, 15), 0.1)
 
 
-def test_no_gradient_flows_through_the_sampling():
+def test_no_gradient_flows_through_the_sampling(path):
     """The mask comes from detached logits: no graph is attached."""
     logits = torch.randn(1, 2, 16, 16, requires_grad=True)
     drop = asad_mask(logits, 0.5)
     assert drop.grad_fn is None and not drop.requires_grad
 
 
-def test_extreme_p_drops_every_off_diagonal_same_frame_position():
+def test_extreme_p_drops_every_off_diagonal_same_frame_position(path):
     """P = 1 gives K = L * (L/2 - 1): all same-frame positions except the diagonal."""
     logits = torch.randn(2, 10, 10)
     drop = asad_mask(logits, 1.0)
@@ -94,7 +107,7 @@ def test_extreme_p_drops_every_off_diagonal_same_frame_position():
     assert (drop == expected).all()
 
 
-def test_sampling_law_matches_multinomial_without_replacement():
+def test_sampling_law_matches_multinomial_without_replacement(path):
     """Per-position drop frequencies of the vectorised sampler match the official-style
     sampler (loop + torch.multinomial without replacement) on one fixed (L = 8) logit matrix.
 
@@ -116,7 +129,7 @@ def test_sampling_law_matches_multinomial_without_replacement():
     assert abs(ours.sum().item() - 8) < 1e-9               # exactly K per draw on average too
 
 
-def test_attention_with_asad_equals_the_explicit_masked_softmax():
+def test_attention_with_asad_equals_the_explicit_masked_softmax(path):
     """The decoder attention (SDPA with the additive ASAD mask) equals the official form:
     logits, -inf at the drawn positions, softmax, times v; and dropped keys get zero weight."""
     from dropmae import Attention
@@ -192,7 +205,7 @@ P_MIN = 1e-3     # goodness-of-fit threshold; all draws come from fixed seeds
 
 
 @pytest.mark.parametrize("branch", ["threshold", "plain race", "fallback"])
-def test_race_top_k_matches_exact_set_probabilities(branch):
+def test_race_top_k_matches_exact_set_probabilities(branch, path):
     """The joint law of the k drawn positions (not just the marginals) against the exact
     without-replacement law, in each branch of `race_top_k`: the default threshold with about
     half of the rows completing the race (step 4) and half not, t = inf (every position a
@@ -230,7 +243,7 @@ def test_race_top_k_chi_square_detects_a_wrong_law():
     assert chi_square_p(bitmasks(wrong), exact_set_probabilities(w, 4)) < 1e-6
 
 
-def test_asad_mask_matches_exact_set_probabilities_small_l():
+def test_asad_mask_matches_exact_set_probabilities_small_l(path):
     """End to end at L = 6 (two frames of 3 tokens): the drawn set of K = 6 positions among the
     12 same-frame off-diagonal ones follows the exact without-replacement law over the spec's
     W (built independently, row by row, by `reference_weights`); 20000 draws; p > 1e-3."""
@@ -250,9 +263,11 @@ def test_threshold_path_agrees_with_the_plain_race_at_a_larger_size(monkeypatch)
     """At L = 64 (K = 192 of 1984 candidates per matrix), where the threshold really prunes,
     per-position drop frequencies of `asad_mask` agree with the plain race (t = inf) on the same
     W: sum of squared z-scores over the 2048 positions, chi-square p > 1e-3 (3000 draws each).
-    Also: the pruned path did prune (fewer candidates than positions) in this test."""
-    import dropmae
+    Also: the pruned path did prune (fewer candidates than positions) in this test. (The torch
+    ops path, whose bytes can be watched; `test_kernel_agrees_with_the_torch_path` checks the
+    kernel at the ViT-B shape.)"""
     from scipy.stats import chi2
+    monkeypatch.setattr(dropmae, "RACE_KERNEL", False)
     gen = torch.Generator().manual_seed(5)
     logits = torch.randn(64, 64, generator=gen) * 3.0
     n_draws, p, L, h = 3000, 0.1, 64, 32
@@ -283,7 +298,7 @@ def test_threshold_path_agrees_with_the_plain_race_at_a_larger_size(monkeypatch)
     assert (fast_freq - plain_freq.double()).abs().max() < 0.05
 
 
-def test_fixed_seed_gives_identical_masks():
+def test_fixed_seed_gives_identical_masks(path):
     """torch.manual_seed (or a generator) fixes every draw; another seed changes it."""
     logits = torch.randn(2, 4, 40, 40)
     torch.manual_seed(21)
@@ -296,12 +311,11 @@ def test_fixed_seed_gives_identical_masks():
 
 
 @pytest.mark.parametrize("cpu_kernel", [True, False])
-def test_asad_attention_equals_the_float_mask_attention(monkeypatch, cpu_kernel):
+def test_asad_attention_equals_the_float_mask_attention(monkeypatch, cpu_kernel, path):
     """`asad_attention` (CPU flash kernel, or the generic SDPA path used on GPUs, with blocks
     of one sample forced) draws exactly `asad_drop_indices`' drops from the same logits, and
     its output and gradients equal SDPA with the plain additive float mask to 1e-6."""
     import torch.nn.functional as F
-    import dropmae
     monkeypatch.setattr(dropmae, "ASAD_CPU_KERNEL", cpu_kernel)
     monkeypatch.setitem(dropmae.ASAD_BLOCK_BYTES, "cpu", 4 * 4 * 24 * 24)    # 1 sample per block
     B, H, N, hd = 3, 4, 24, 8
@@ -337,3 +351,75 @@ def test_asad_attention_keeps_no_mask_for_backward():
     assert saved and max(t.numel() for t in saved) < 2 * 4 * 20 * 20
     assert any(t.dtype == torch.int32 and t.shape == (2, 4, asad_num_drops(20, 0.3)) for t in saved)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def z_square_p(a: torch.Tensor, b: torch.Tensor) -> float:
+    """p-value of sum_i z_i^2 for the difference of the column means of a and b (draws x
+    statistics; independent draws), each z_i with the two samples' own variances; chi-square
+    with one degree of freedom per column that varies."""
+    from scipy.stats import chi2
+    a, b = a.double(), b.double()
+    var = a.var(0) / a.shape[0] + b.var(0) / b.shape[0]
+    live = var > 0
+    assert torch.equal(a.mean(0)[~live], b.mean(0)[~live])                     # constant columns
+    z2 = ((a.mean(0) - b.mean(0))[live] ** 2 / var[live]).sum().item()
+    return float(chi2.sf(z2, int(live.sum())))
+
+
+def test_kernel_agrees_with_the_torch_path():
+    """The fused kernel and the torch ops path draw from the same law: per-position drop
+    frequencies at L = 64 (3000 draws each, against the plain race t = inf: no pruning at all),
+    and at the ViT-B shape L = 392 (K = 7448) with peaked attention (logits x 4, so some weights
+    make W t >> 1) the number of drops per row of the (L, L) matrix and per key column (256
+    draws each); sum of squared z-scores, chi-square p > 1e-3. Also exact K, no diagonal, no
+    cross-frame at that shape."""
+    if dropmae._race_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel is not built")
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(64, 64, generator=gen) * 3.0
+    n_draws, p, L, h = 3000, 0.1, 64, 32
+    fast = asad_mask(logits.expand(n_draws, L, L), p, torch.Generator().manual_seed(6))
+    w = dropmae.asad_weights(logits.softmax(-1)).reshape(1, -1).expand(n_draws, -1).contiguous()
+    dropmae.RACE_KERNEL = False
+    try:
+        plain = dropmae.race_top_k(w, asad_num_drops(L, p), torch.Generator().manual_seed(7),
+                                   t=torch.full((n_draws,), float("inf")))
+    finally:
+        dropmae.RACE_KERNEL = True
+    rows, cols = torch.arange(L).repeat_interleave(h), torch.arange(h).repeat(L)
+    plain_drop = torch.zeros(n_draws, L * h).scatter_(1, plain, 1.0)
+    assert z_square_p(fast[:, rows, cols + (rows >= h) * h], plain_drop) > P_MIN
+
+    logits = torch.randn(392, 392, generator=gen) * 4.0
+    n_draws, L = 256, 392
+    k = asad_num_drops(L, p)
+    masks = {}
+    for kernel in (True, False):
+        dropmae.RACE_KERNEL = kernel
+        try:
+            masks[kernel] = asad_mask(logits.expand(n_draws, L, L), p, torch.Generator().manual_seed(8))
+        finally:
+            dropmae.RACE_KERNEL = True
+    fast, ref = masks[True], masks[False]
+    assert (fast.sum((1, 2)) == k).all()
+    assert not fast.diagonal(dim1=-2, dim2=-1).any()
+    assert not fast[:, :196, 196:].any() and not fast[:, 196:, :196].any()
+    assert z_square_p(fast.sum(2), ref.sum(2)) > P_MIN                       # per row
+    assert z_square_p(fast.sum(1), ref.sum(1)) > P_MIN                       # per key column
+
+
+def test_kernel_draw_does_not_depend_on_the_thread_count():
+    """The kernel splits the matrices among torch's threads; each matrix's draw depends only on
+    the seed and its place, so 1 and 2 threads give identical drops."""
+    if dropmae._race_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel is not built")
+    logits = torch.randn(3, 4, 40, 40)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dropmae.asad_drop_indices(logits, 0.2, torch.Generator().manual_seed(3))
+        torch.set_num_threads(2)
+        two = dropmae.asad_drop_indices(logits, 0.2, torch.Generator().manual_seed(3))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
