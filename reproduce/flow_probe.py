@@ -93,7 +93,8 @@ def run(args) -> list[dict]:
     W, H = args.size
     c = args.crop
     x1v, x2v, gtv = held_out(args)
-    model = flow.build_model("tiny", crop=(c, c))
+    model = flow.build_model("tiny", crop=(c, c), corr_radius=args.corr_radius, corr_groups=args.corr_groups,
+                             corr_match=args.corr_match)
     if args.init:
         flow.load_backbone(args.init, model, verbose=False)
     optimizer = torch.optim.AdamW(flow.param_groups(model, args.wd, verbose=False), lr=args.lr,
@@ -141,6 +142,9 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=("laplacian", "l1"), default="laplacian")
     p.add_argument("--control", choices=("none", "brightness"), default="none")
     p.add_argument("--control-gain", type=float, default=8.0, help="grey levels per pixel of flow")
+    p.add_argument("--corr-radius", type=int, default=0, help="local token correlation radius (0: off)")
+    p.add_argument("--corr-groups", type=int, default=1)
+    p.add_argument("--corr-match", action="store_true", help="add its soft-argmax flow (FlowConfig)")
     p.add_argument("--init", default="", help="a backbone file (DropMAE / TwinMAE / MAE / ours)")
     p.add_argument("--held-out", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=50)

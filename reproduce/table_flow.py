@@ -99,14 +99,18 @@ OTHER_METHODS = (
 # recipes (100k steps each, effective batch 8, lr 2e-5, crop 320x384); the per-process batch is
 # 8 / processes (accumulation covers the rest); validation on the first 1024 pairs of Chairs val
 # / Things TEST (CroCo's `test1024` list itself is not shipped here).
+# Tiny and smoke: the spec's optional local correlation (radius 1 token) plus its soft-argmax
+# matching flow added to the head's (tasks/flow.py FlowConfig.corr_*; ours). Without them the
+# tiny model stays at zero flow (README, the probe); the full recipe keeps the spec's main table.
+TINY_CORR = ["--corr-radius", "1", "--corr-match"]
 RECIPE = {
     "full": dict(model="base", synthetic=None, C=[], T=[], workers=8, val_every=5000, val_pairs=1024,
                  overlap=0.9, max_pairs=0),
-    "tiny": dict(model="tiny", synthetic="tiny", C=["--steps", "250"], T=["--steps", "100"],
-                 workers=1, val_every=150, val_pairs=16, overlap=0.9, max_pairs=0),
+    "tiny": dict(model="tiny", synthetic="tiny", C=["--steps", "400", *TINY_CORR], T=["--steps", "200", *TINY_CORR],
+                 workers=1, val_every=200, val_pairs=16, overlap=0.9, max_pairs=0),
     "smoke": dict(model="tiny", synthetic="test", workers=0, val_every=2, val_pairs=2, overlap=0.5,
-                  max_pairs=2, C=["--steps", "2", "--warmup", "1", "--crop", "32", "64", "--effective-batch", "2"],
-                  T=["--steps", "2", "--warmup", "1", "--crop", "32", "64", "--effective-batch", "2"]),
+                  max_pairs=2, C=["--steps", "2", "--warmup", "1", "--crop", "32", "64", "--effective-batch", "2", *TINY_CORR],
+                  T=["--steps", "2", "--warmup", "1", "--crop", "32", "64", "--effective-batch", "2", *TINY_CORR]),
 }
 
 
