@@ -18,9 +18,11 @@ is measured.
 is frame 1 with u and v (N(0, 2) per pair) added as an offset of `--control-gain` grey levels
 per pixel to its red and green channels, and the target flow is (u, v) everywhere. The tiny model learns
 that within ~100 steps, so the two-frame plumbing (frame 2 reaches the frame-1 tokens and the
-head) works; what it does not learn at this budget is a sub-patch shift.
+head) works; what it does not learn at this budget without `--corr-match` is a shift.
 
     OMP_NUM_THREADS=1 python -m reproduce.flow_probe --steps 600            # scratch
+    OMP_NUM_THREADS=1 python -m reproduce.flow_probe --steps 400 --corr-radius 1 --corr-match
+                                                                # the tiny table's model
     OMP_NUM_THREADS=1 python -m reproduce.flow_probe --init BACKBONE.pth    # a pre-trained backbone
     OMP_NUM_THREADS=1 python -m reproduce.flow_probe --control brightness --steps 200
 

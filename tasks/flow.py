@@ -127,9 +127,9 @@ STAGES = {
 OPTIM = dict(lr=2e-5, betas=(0.9, 0.95), warmup=1000, batch=8, eraser=(50, 100))
 # The tiny model's smoke scale (CPU, the synthetic layouts of `synthetic`, 64x64 crops): a few
 # hundred steps at a high lr; eraser boxes shrunk with the crop. Results: README, make table-flow.
-# At this budget the tiny model does not learn flow (it stays at zero flow); measured on held-out
-# worlds with reproduce/flow_probe.py, for crops of 32-128 px, lr 3e-4..3e-3, up to 1200 steps,
-# L1 or Laplacian, scratch or the shared backbones (README, "Optical flow").
+# At this budget the tiny model learns flow only with the local correlation and its matching
+# flow on (`--corr-radius 1 --corr-match`, as reproduce/table_flow.py's tiny recipe passes);
+# without them it stays at zero flow (reproduce/flow_probe.py on held-out worlds, README).
 TINY_TRAIN = dict(steps=400, lr=1e-3, warmup=40, batch=8, crop=(64, 64), eraser=(8, 20))
 
 
