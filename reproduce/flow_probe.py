@@ -18,9 +18,11 @@ is measured.
 is frame 1 with u and v (N(0, 2) per pair) added as an offset of `--control-gain` grey levels
 per pixel to its red and green channels, and the target flow is (u, v) everywhere. The tiny model learns
 that within ~100 steps, so the two-frame plumbing (frame 2 reaches the frame-1 tokens and the
-head) works; what it does not learn at this budget is a sub-patch shift.
+head) works; what it does not learn at this budget without `--corr-match` is a shift.
 
     OMP_NUM_THREADS=1 python -m reproduce.flow_probe --steps 600            # scratch
+    OMP_NUM_THREADS=1 python -m reproduce.flow_probe --steps 400 --corr-radius 1 --corr-match
+                                                                # the tiny table's model
     OMP_NUM_THREADS=1 python -m reproduce.flow_probe --init BACKBONE.pth    # a pre-trained backbone
     OMP_NUM_THREADS=1 python -m reproduce.flow_probe --control brightness --steps 200
 
@@ -93,7 +95,8 @@ def run(args) -> list[dict]:
     W, H = args.size
     c = args.crop
     x1v, x2v, gtv = held_out(args)
-    model = flow.build_model("tiny", crop=(c, c))
+    model = flow.build_model("tiny", crop=(c, c), corr_radius=args.corr_radius, corr_groups=args.corr_groups,
+                             corr_match=args.corr_match)
     if args.init:
         flow.load_backbone(args.init, model, verbose=False)
     optimizer = torch.optim.AdamW(flow.param_groups(model, args.wd, verbose=False), lr=args.lr,
@@ -141,6 +144,9 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=("laplacian", "l1"), default="laplacian")
     p.add_argument("--control", choices=("none", "brightness"), default="none")
     p.add_argument("--control-gain", type=float, default=8.0, help="grey levels per pixel of flow")
+    p.add_argument("--corr-radius", type=int, default=0, help="local token correlation radius (0: off)")
+    p.add_argument("--corr-groups", type=int, default=1)
+    p.add_argument("--corr-match", action="store_true", help="add its soft-argmax flow (FlowConfig)")
     p.add_argument("--init", default="", help="a backbone file (DropMAE / TwinMAE / MAE / ours)")
     p.add_argument("--held-out", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=50)

@@ -90,6 +90,14 @@ class FlowConfig:
     head_dims: tuple = (128, 32)                 # output convs before the final 1x1
     drop_path: float = 0.0
     zero_init: bool = False                      # final 1x1 conv all zero (flow 0, c 0 at start)
+    # The spec's optional local correlation (off in the main table), ours: the last hook's
+    # frame-1 tokens against the frame-2 tokens within `corr_radius` tokens, concatenated to the
+    # stride-16 DPT input; with `corr_match`, the correlation's soft-argmax displacement (in
+    # pixels, upsampled bilinearly) is also added to the head's (u, v), GMFlow-style, so that the
+    # loss reaches the tokens through the matching directly. On for the tiny table (README).
+    corr_radius: int = 0                         # tokens; 0: off
+    corr_groups: int = 1                         # channel groups of that correlation
+    corr_match: bool = False                     # add the soft-argmax matching flow to (u, v)
 
 
 FLOW_PRESETS = {
@@ -119,9 +127,9 @@ STAGES = {
 OPTIM = dict(lr=2e-5, betas=(0.9, 0.95), warmup=1000, batch=8, eraser=(50, 100))
 # The tiny model's smoke scale (CPU, the synthetic layouts of `synthetic`, 64x64 crops): a few
 # hundred steps at a high lr; eraser boxes shrunk with the crop. Results: README, make table-flow.
-# At this budget the tiny model does not learn flow (it stays at zero flow); measured on held-out
-# worlds with reproduce/flow_probe.py, for crops of 32-128 px, lr 3e-4..3e-3, up to 1200 steps,
-# L1 or Laplacian, scratch or the shared backbones (README, "Optical flow").
+# At this budget the tiny model learns flow only with the local correlation and its matching
+# flow on (`--corr-radius 1 --corr-match`, as reproduce/table_flow.py's tiny recipe passes);
+# without them it stays at zero flow (reproduce/flow_probe.py on held-out worlds, README).
 TINY_TRAIN = dict(steps=400, lr=1e-3, warmup=40, batch=8, crop=(64, 64), eraser=(8, 20))
 
 
@@ -197,13 +205,14 @@ class DPTHead(nn.Module):
     regression head). Hook k: 1x1 conv to layer_dims[k], then to stride 4 / 8 / 16 / 32, then a
     3x3 conv without bias to feature_dim; fusion coarse to fine; output convs."""
 
-    def __init__(self, embed_dim: int, layer_dims, feature_dim: int, head_dims, zero_init: bool = False):
+    def __init__(self, embed_dim: int, layer_dims, feature_dim: int, head_dims, zero_init: bool = False,
+                 extra16: int = 0):
         super().__init__()
         d = layer_dims
         self.act_postprocess = nn.ModuleList([
             nn.Sequential(nn.Conv2d(embed_dim, d[0], 1), nn.ConvTranspose2d(d[0], d[0], 4, stride=4)),
             nn.Sequential(nn.Conv2d(embed_dim, d[1], 1), nn.ConvTranspose2d(d[1], d[1], 2, stride=2)),
-            nn.Sequential(nn.Conv2d(embed_dim, d[2], 1)),
+            nn.Sequential(nn.Conv2d(embed_dim + extra16, d[2], 1)),    # + correlation channels
             nn.Sequential(nn.Conv2d(embed_dim, d[3], 1), nn.Conv2d(d[3], d[3], 3, stride=2, padding=1)),
         ])
         self.layer_rn = nn.ModuleList(nn.Conv2d(c, feature_dim, 3, padding=1, bias=False) for c in d)
@@ -224,13 +233,48 @@ class DPTHead(nn.Module):
             nn.init.zeros_(self.out.weight)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """feats: 4 x (B, D, H/16, W/16), shallow to deep -> (B, 3, H, W)."""
+        """feats: 4 x (B, D, H/16, W/16), shallow to deep (the third with `extra16` more
+        channels) -> (B, 3, H, W)."""
         layers = [rn(post(f)) for f, post, rn in zip(feats, self.act_postprocess, self.layer_rn)]
         path = self.refinenet[3](layers[3])                          # stride 32 -> 16
         for k in (2, 1, 0):                                          # -> 8, 4, 2
             path = self.refinenet[k](path, layers[k])
         x = F.interpolate(self.conv1(path), scale_factor=2, mode="bilinear", align_corners=True)
         return self.out(F.relu(self.conv2(x)))
+
+
+def local_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int, groups: int = 1) -> torch.Tensor:
+    """Local correlation of two token maps (B, D, h, w) -> (B, groups * (2r+1)^2, h, w).
+
+    Channel k = (g, dy, dx): the mean over group g's channels of LN(f1)(p) * LN(f2)(p + (dy, dx)),
+    each token layer-normalised (no affine) over its group; displacements dy, dx in -r..r
+    (row-major, dy outer); 0 where p + (dy, dx) leaves the grid."""
+    B, D, h, w = f1.shape
+    r = radius
+    a = f1.reshape(B, groups, D // groups, h, w)
+    b = f2.reshape(B, groups, D // groups, h, w)
+    a = F.layer_norm(a.transpose(2, -1), (D // groups,)).transpose(2, -1)
+    b = F.layer_norm(b.transpose(2, -1), (D // groups,)).transpose(2, -1)
+    b = F.pad(b, (r, r, r, r))                                       # zeros outside the grid
+    out = [(a * b[..., dy:dy + h, dx:dx + w]).mean(2) for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
+    return torch.stack(out, 2).reshape(B, -1, h, w)                  # (B, G * (2r+1)^2, h, w)
+
+
+MATCH_TEMPERATURE = 0.1   # softmax temperature of the matching flow (correlations in [-1, 1])
+
+
+def soft_argmax(corr: torch.Tensor, radius: int, patch: int, temperature: float = MATCH_TEMPERATURE) -> torch.Tensor:
+    """(B, G * (2r+1)^2, h, w) local correlation -> (B, 2, h, w) = (u, v) in pixels: the
+    displacements of the window weighted by softmax(correlation / temperature) over the window
+    (groups averaged first), times the patch size. Frame-2 content at p + d matching frame 1 at p
+    means flow d."""
+    B, C, h, w = corr.shape
+    k = 2 * radius + 1
+    c = corr.reshape(B, -1, k * k, h, w).mean(1)                      # (B, k*k, h, w)
+    p = torch.softmax(c / temperature, 1)
+    d = torch.arange(-radius, radius + 1, dtype=corr.dtype, device=corr.device) * patch
+    dy, dx = d.repeat_interleave(k), d.repeat(k)                      # dy outer, dx inner
+    return torch.stack([(p * dx.view(1, -1, 1, 1)).sum(1), (p * dy.view(1, -1, 1, 1)).sum(1)], 1)
 
 
 class DropMAEFlow(dropmae.ViTEncoder):
@@ -244,8 +288,13 @@ class DropMAEFlow(dropmae.ViTEncoder):
             f"crop {cfg.crop}: H and W must be multiples of 32 (the DPT's stride-32 branch)"
         assert len(cfg.hooks) == 4 and cfg.hooks[-1] == enc.depth - 1, \
             f"hooks {cfg.hooks}: four blocks, the last one the final block {enc.depth - 1}"
+        assert cfg.corr_radius >= 0 and enc.embed_dim % max(cfg.corr_groups, 1) == 0, \
+            f"corr_radius {cfg.corr_radius} / corr_groups {cfg.corr_groups} vs width {enc.embed_dim}"
         self.flow_cfg = cfg
-        self.head = DPTHead(enc.embed_dim, cfg.layer_dims, cfg.feature_dim, cfg.head_dims, cfg.zero_init)
+        assert cfg.corr_radius or not cfg.corr_match, "corr_match needs corr_radius > 0"
+        n_corr = cfg.corr_groups * (2 * cfg.corr_radius + 1) ** 2 if cfg.corr_radius else 0
+        self.head = DPTHead(enc.embed_dim, cfg.layer_dims, cfg.feature_dim, cfg.head_dims, cfg.zero_init,
+                            extra16=n_corr)
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
         """img1 (earlier, `_x`), img2 (`_z`): (B, 3, H, W) -> (B, 3, H, W) = (u, v, c)."""
@@ -262,6 +311,18 @@ class DropMAEFlow(dropmae.ViTEncoder):
         grid = self.patch_embed.grid(H, W)
         n = t1.shape[1]
         maps = [f[:, :n].transpose(1, 2).reshape(B, -1, *grid) for f in feats]  # frame 1 only
+        cfg = self.flow_cfg
+        if not cfg.corr_radius:
+            return self.head(maps)
+        f1, f2 = (t.transpose(1, 2).reshape(B, -1, *grid) for t in (feats[-1][:, :n], feats[-1][:, n:]))
+        corr = local_correlation(f1, f2, cfg.corr_radius, cfg.corr_groups)  # (B, G (2r+1)^2, h, w)
+        maps[2] = torch.cat([maps[2], corr], 1)
+        out = self.head(maps)
+        if not cfg.corr_match:
+            return out
+        match = soft_argmax(corr, cfg.corr_radius, self.patch_embed.patch_size)  # (B, 2, h, w) px
+        match = F.interpolate(match, size=(H, W), mode="bilinear", align_corners=False)
+        return torch.cat([out[:, :2] + match, out[:, 2:]], 1)
         return self.head(maps)
 
 
@@ -833,6 +894,7 @@ class StepOrder(torch.utils.data.Sampler):
 # --------------------------------------------------------------------------------------------
 
 DATA_ARGS = ("chairs", "things", "sintel", "kitti", "hd1k")
+CORR_FIELDS = ("corr_radius", "corr_groups", "corr_match")     # FlowConfig fields set by flags
 
 
 def training_sources(cfg: dict, paths: dict) -> list:
@@ -878,13 +940,18 @@ def train(args) -> Path:
     paths = {k: getattr(args, k) for k in DATA_ARGS} | {"chairs_split": args.chairs_split}
     # model, and where it starts from: --resume (this stage), --init (the previous stage's
     # flow checkpoint) or --pretrained (a backbone file); none of them = from scratch
-    model = build_model(args.model, crop=cfg["crop"])
+    model_overrides = {k: getattr(args, k) for k in CORR_FIELDS if getattr(args, k) is not None}
+    model = build_model(args.model, crop=cfg["crop"], **model_overrides)
     # the newest readable checkpoint (a corrupt newer one is moved aside, named) or --resume PATH
     resume, ckpt = dropmae.resume_checkpoint(args.output, args.resume,
                                              required=("model", "optimizer", "step", "rng"))
     init_ckpt = None
     if args.init:
         init_model, init_ckpt = load_flow_checkpoint(args.init)
+        for k in CORR_FIELDS:
+            if getattr(init_model.flow_cfg, k) != getattr(model.flow_cfg, k):
+                raise SystemExit(f"--init {args.init}: {k} {getattr(init_model.flow_cfg, k)} there, "
+                                 f"{getattr(model.flow_cfg, k)} here; pass --{k.replace('_', '-')}")
         model.load_state_dict(init_model.state_dict(), strict=True)
     elif args.pretrained and not resume:
         load_backbone(args.pretrained, model, verbose=dropmae.is_main())
@@ -1302,9 +1369,10 @@ KITTI_SIZES = [(96, 64), (100, 60), (90, 72)]
 
 
 # Faster than the world's defaults (sprites ~3 px, camera ~0.4 px per frame at 96 px): about
-# 3 px mean flow with the camera pan a large part of it. At the world's defaults the zero-flow
-# EPE is ~1 px, and the tiny model did not get below it in a few hundred steps.
-WORLD_KNOBS = dict(speed=0.05, pan_speed=0.03)
+# 5 px mean flow (a third of a 16-px patch; Chairs / Sintel flows at their crops are about a
+# patch), the camera pan a large part of it. At ~3 px (speed 0.05, pan 0.03) the tiny model did
+# not beat zero flow on held-out worlds, with or without the correlation (README, the probe).
+WORLD_KNOBS = dict(speed=0.1, pan_speed=0.08)
 
 
 def synthetic_world(kind: str, index: int, frames: int, seed: int = 0, size=SYNTH_SIZE):
@@ -1491,6 +1559,13 @@ def parse_args(argv=None):
     tr.add_argument("--effective-batch", type=dropmae.positive_int, default=None, help="default 8")
     tr.add_argument("--batch-size", type=dropmae.positive_int, default=8, help="per process")
     tr.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"))
+    tr.add_argument("--corr-radius", type=int, default=None,
+                    help="local correlation of the stride-16 tokens, radius in tokens (0: off, "
+                         "the main table; default: the preset's)")
+    tr.add_argument("--corr-groups", type=dropmae.positive_int, default=None,
+                    help="channel groups of that correlation (default: the preset's)")
+    tr.add_argument("--corr-match", action="store_const", const=True, default=None,
+                    help="add the correlation's soft-argmax flow to the head's (needs --corr-radius)")
     tr.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="log2 scale range of the spatial augmentation (default: the stage's)")
     tr.add_argument("--aug", nargs="+", default=None, metavar="KEY=VALUE",

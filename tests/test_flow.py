@@ -61,6 +61,89 @@ def test_model_uses_both_frames_and_frame_vectors():
     assert not torch.allclose(out_ab, out_ab_z)
 
 
+def test_local_correlation_hand_values():
+    # f2 = f1 moved one token right: f2(p + (0, 1)) = f1(p), so channel (dy, dx) = (0, +1), index
+    # 1 * 3 + 2 = 5 of radius 1, is the cosine 1 of a token with itself (layer-normed, mean over
+    # channels) wherever p + (0, 1) is on the grid, and 0 in the last column (zero padding)
+    torch.manual_seed(0)
+    f1 = torch.randn(2, 8, 3, 4)
+    f2 = torch.zeros_like(f1)
+    f2[..., 1:] = f1[..., :-1]
+    c = flow.local_correlation(f1, f2, radius=1)
+    assert c.shape == (2, 9, 3, 4)
+    assert torch.allclose(c[:, 5, :, :3], torch.ones(2, 3, 3), atol=5e-3)
+    assert torch.all(c[:, 5, :, 3] == 0)
+    # groups: each group of 4 channels is normalised on its own; a group-wise sign flip of f2
+    # gives -1 in that group's channel and +1 in the other's
+    f2g = f2.clone()
+    f2g[:, 4:] *= -1
+    g = flow.local_correlation(f1, f2g, radius=1, groups=2)
+    assert g.shape == (2, 18, 3, 4)
+    assert torch.allclose(g[:, 5, :, :3], torch.ones(2, 3, 3), atol=5e-3)
+    assert torch.allclose(g[:, 9 + 5, :, :3], -torch.ones(2, 3, 3), atol=5e-3)
+    # by hand at one token, radius 0: mean of the product of the two layer-normed vectors
+    a, b = torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([0.0, 1.0, 0.0, 3.0])
+    ln = lambda t: (t - t.mean()) / torch.sqrt(t.var(unbiased=False) + 1e-5)
+    got = flow.local_correlation(a.view(1, 4, 1, 1), b.view(1, 4, 1, 1), radius=0)
+    assert got.item() == pytest.approx((ln(a) * ln(b)).mean().item(), rel=1e-5)
+
+
+def test_model_with_correlation_option():
+    # corr_radius r adds groups * (2r + 1)^2 channels to the stride-16 DPT input; the output
+    # depends on frame 2 through them even when no frame-1 token attends to frame 2
+    torch.manual_seed(0)
+    m = flow.build_model("tiny", corr_radius=1, corr_groups=2)
+    assert m.head.act_postprocess[2][0].in_channels == 96 + 2 * 9
+    torch.nn.init.normal_(m.head.out.weight, std=0.1)
+    a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = m(a, b)
+        assert out.shape == (1, 3, 64, 64)
+        for blk in m.blocks:                         # no attention path: frame 2 reaches the
+            blk.attn.proj.weight.zero_()             # frame-1 maps only through the correlation
+            blk.attn.proj.bias.zero_()
+        assert not torch.allclose(m(a, b), m(a, a))
+    with pytest.raises(AssertionError, match="corr_groups"):
+        flow.build_model("tiny", corr_radius=1, corr_groups=5)
+
+
+def test_soft_argmax_matching_flow_hand_values():
+    # radius 1, patch 16, temperature 0.1: channel index = (dy + 1) * 3 + (dx + 1)
+    c = torch.zeros(1, 9, 2, 2)
+    c[0, 5, 0, 0] = 1.0                              # (dy, dx) = (0, +1) at token (0, 0)
+    c[0, 1, 1, 1] = 1.0                              # (dy, dx) = (-1, 0) at token (1, 1)
+    m = flow.soft_argmax(c, radius=1, patch=16)
+    # the one 1 gets w = e^10 / (e^10 + 8), each 0 (1 - w) / 8; at (0, 0) the seven other
+    # displacements' dx sum to -1 and their dy to 0, at (1, 1) their dy sum to +1, dx to 0
+    w = math.exp(10) / (math.exp(10) + 8)
+    assert m[0, :, 0, 0].tolist() == pytest.approx([16 * (w - (1 - w) / 8), 0.0], abs=1e-4)
+    assert m[0, :, 1, 1].tolist() == pytest.approx([0.0, 16 * (-w + (1 - w) / 8)], abs=1e-4)
+    assert m[0, :, 0, 1].tolist() == pytest.approx([0.0, 0.0], abs=1e-6)   # uniform -> 0
+    # groups are averaged before the softmax
+    g = flow.soft_argmax(torch.cat([c, torch.zeros_like(c)], 1), radius=1, patch=16)
+    w2 = math.exp(5) / (math.exp(5) + 8)
+    assert g[0, 0, 0, 0].item() == pytest.approx(16 * (w2 - (1 - w2) / 8), abs=1e-4)
+
+
+def test_matching_flow_added_to_the_head():
+    # zero-init head: (u, v) is the soft-argmax flow of the last hook's tokens, upsampled; c = 0
+    torch.manual_seed(0)
+    m = flow.build_model("tiny", zero_init=True, corr_radius=1, corr_match=True).eval()
+    a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    grabbed = {}
+    m.norm.register_forward_hook(lambda mod, i, o: grabbed.__setitem__("t", o))
+    with torch.no_grad():
+        out = m(a, b)
+    t = grabbed["t"]                                  # (1, 32, 96): 16 frame-1 then 16 frame-2
+    f1, f2 = (x.transpose(1, 2).reshape(1, 96, 4, 4) for x in (t[:, :16], t[:, 16:]))
+    match = flow.soft_argmax(flow.local_correlation(f1, f2, 1), 1, 16)
+    want = torch.nn.functional.interpolate(match, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(out[:, :2], want, atol=1e-5) and out[:, :2].abs().max() > 0.1
+    assert torch.all(out[:, 2] == 0)
+    with pytest.raises(AssertionError, match="corr_match needs"):
+        flow.build_model("tiny", corr_match=True)
+
+
 def test_laplacian_loss_hand_values():
     # one valid pixel, u-u* = 1, v-v* = -2: c = 0 -> s = 3.75 * 0.5 + 0.25 = 2.125,
     # loss = 3 / 2.125 + log 2.125; c = +inf -> s = 4: 3/4 + log 4; c = -inf -> s = 0.25: 12 + log .25
@@ -518,3 +601,18 @@ def test_train_resume_exact_and_stage_chain(synth, tmp_path):
                "--val-every", "0", "--no-progress"])
     t = torch.load(tmp_path / "T/checkpoint-last.pth", weights_only=True)
     assert t["config"]["protocol"] == "C+T" and t["config"]["things_layout"] == "subset"
+
+
+def test_train_correlation_flags_stored_and_checked_at_init(synth, tmp_path):
+    _train(synth, tmp_path / "C", "--steps", "2", "--corr-radius", "1", "--corr-groups", "2", "--corr-match")
+    model, ckpt = flow.load_flow_checkpoint(tmp_path / "C")
+    assert (ckpt["flow"]["corr_radius"], ckpt["flow"]["corr_groups"], ckpt["flow"]["corr_match"]) == (1, 2, True)
+    assert model.head.act_postprocess[2][0].in_channels == 96 + 2 * 9
+    things = ["train", "--stage", "things", "--model", "tiny", "--things", str(synth["things"]),
+              "--init", str(tmp_path / "C"), "--workers", "0", "--effective-batch", "2", "--batch-size", "2",
+              "--crop", "32", "64", "--steps", "1", "--val-every", "0", "--no-progress"]
+    with pytest.raises(SystemExit, match="corr_radius 1 there, 0 here"):
+        flow.main(things + ["--output", str(tmp_path / "T0")])       # the flags must be repeated
+    flow.main(things + ["--output", str(tmp_path / "T"), "--corr-radius", "1", "--corr-groups", "2", "--corr-match"])
+    t = torch.load(tmp_path / "T/checkpoint-last.pth", weights_only=True)
+    assert t["flow"]["corr_match"] is True and t["config"]["protocol"] == "C+T"

@@ -18,6 +18,11 @@ def test_probe_scores_zero_flow_on_held_out_worlds():
     assert rec["zero_epe"] == pytest.approx(float(np.mean(mags)), rel=1e-5)
     assert rec["mean_flow_std_gt"] > 0.5                 # the held-out pairs move, and differently
     assert flow_probe.HELD_OUT_SEEDS - flow_probe.TRAIN_SEEDS > 1_000_000
+    # the correlation flags reach the model; the held-out pairs and their zero-flow EPE do not change
+    args_c = flow_probe.parse_args(["--steps", "1", "--batch", "2", "--held-out", "3", "--crop", "32",
+                                    "--eval-every", "1", "--corr-radius", "1", "--corr-match"])
+    rec_c = flow_probe.run(args_c)[-1]
+    assert rec_c["zero_epe"] == rec["zero_epe"] and rec_c["epe"] != rec["epe"]
 
 
 def test_brightness_control_pair():
