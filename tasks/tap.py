@@ -258,16 +258,41 @@ def huber(d2: torch.Tensor, delta: float = 4.0) -> torch.Tensor:
     return torch.where(d < delta, d2 / 2, delta * (d - delta / 2))
 
 
+def heatmap_target(gt_xy: torch.Tensor, shape: tuple[int, int], cell: float,
+                   sigma: float) -> torch.Tensor:
+    """A Gaussian of `sigma` cells around each GT point on the (h, w) cost grid, summing to 1.
+
+    gt_xy (B, Q, 2) raster pixels of the input; cell = input pixels per cell (the stride) ->
+    (B, Q, h, w). Cell (i, j) is centred at ((j + 0.5) cell, (i + 0.5) cell), the centres
+    `soft_argmax_window` uses, so the target's mean is the GT point (up to the grid's edges).
+    """
+    h, w = shape
+    ys = (torch.arange(h, device=gt_xy.device, dtype=torch.float32) + 0.5)[:, None]   # (h, 1)
+    xs = (torch.arange(w, device=gt_xy.device, dtype=torch.float32) + 0.5)[None]      # (1, w)
+    g = gt_xy.float() / cell                                                       # (B, Q, 2)
+    d2 = (xs - g[..., 0, None, None]) ** 2 + (ys - g[..., 1, None, None]) ** 2      # (B, Q, h, w)
+    logit = -d2 / (2 * sigma ** 2)
+    return logit.flatten(-2).softmax(-1).reshape(logit.shape)
+
+
 def tap_loss(out: dict, gt_xy: torch.Tensor, gt_occ: torch.Tensor, valid: torch.Tensor,
              to_256: float, position_weight: float = 0.05, huber_delta: float = 4.0,
-             expd_threshold: float = 6.0) -> tuple[torch.Tensor, dict]:
-    """The three tapnet terms, each averaged over all valid (pair, query) entries.
+             expd_threshold: float = 6.0, heatmap_weight: float = 0.0,
+             heatmap_sigma: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """The three tapnet terms, each averaged over all valid (pair, query) entries, plus an
+    optional fourth (ours, off by default: the spec's loss has three).
 
     out: `forward_points` output; gt_xy (B, Q, 2) raster pixels of the input; gt_occ (B, Q)
     bool; valid (B, Q) bool (padding queries are False); to_256 = 256 / input side.
     position: 0.05 x Huber(delta 4) on GT-visible entries; occlusion: BCE of occ_logit vs GT
     occluded; expected distance: BCE of expd_logit vs [d^2 > 6^2] on stop-gradient positions,
-    on GT-visible entries. -> (total, {name: float}).
+    on GT-visible entries.
+    heatmap (`heatmap_weight` > 0; a deviation from specs/tap.md, PIPs/CoTracker-style dense
+    supervision): cross-entropy of the full softmax over the cost grid (out['heatmap'], the
+    position logits x tau) against `heatmap_target` (a Gaussian of `heatmap_sigma` cells at the
+    GT point), on GT-visible entries. The soft-argmax only passes gradient to the cells within
+    its window around the argmax; this term reaches every cell, the GT's included.
+    -> (total, {name: float}).
     """
     valid = valid.float()
     n = valid.sum().clamp(min=1)
@@ -280,10 +305,19 @@ def tap_loss(out: dict, gt_xy: torch.Tensor, gt_occ: torch.Tensor, valid: torch.
     expected = (F.binary_cross_entropy_with_logits(out["expd_logit"], far, reduction="none")
                 * visible).sum() / n
     total = position + occlusion + expected
+    stats = {}
+    if heatmap_weight > 0:
+        logits = out["heatmap"].float()                                            # (B, Q, h, w)
+        cell = 256.0 / to_256 / logits.shape[-1]                                   # input px per cell
+        target = heatmap_target(gt_xy, logits.shape[-2:], cell, heatmap_sigma)
+        ce = -(target * logits.flatten(-2).log_softmax(-1).reshape(logits.shape)).sum((-2, -1))
+        heatmap = (ce * visible).sum() / n * heatmap_weight
+        total = total + heatmap
+        stats["heatmap"] = heatmap.item()
     with torch.no_grad():
         err = (torch.sqrt(d2) * visible).sum() / visible.sum().clamp(min=1)
     return total, {"loss": total.item(), "position": position.item(),
-                   "occlusion": occlusion.item(), "expected_dist": expected.item(),
+                   "occlusion": occlusion.item(), "expected_dist": expected.item(), **stats,
                    "err_px256": err.item()}
 
 
@@ -672,13 +706,14 @@ def param_groups(model: DropMAETAP, lr: float, backbone_mult: float, weight_deca
 
 
 def train_step(net, batch: dict, optimizer, scaler, amp: str, device, to_256: float,
-               grad_clip: float) -> dict:
+               grad_clip: float, heatmap_weight: float = 0.0, heatmap_sigma: float = 1.0) -> dict:
     """One optimisation step on B clips x K targets -> the loss terms."""
     img_q, img_t, qxy, gxy, gocc, valid = (x.to(device, non_blocking=True) for x in flatten_pairs(batch))
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     with torch.autocast(device.type, dtype=dtype, enabled=amp != "off"):
         out = net(img_q, img_t, qxy)
-    loss, stats = tap_loss(out, gxy, gocc, valid, to_256)
+    loss, stats = tap_loss(out, gxy, gocc, valid, to_256, heatmap_weight=heatmap_weight,
+                           heatmap_sigma=heatmap_sigma)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -773,7 +808,8 @@ def train(args) -> Path:
             lr = lr_at(step, args.lr, args.warmup, args.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            stats = train_step(net, batch, optimizer, scaler, amp, device, to_256, args.clip)
+            stats = train_step(net, batch, optimizer, scaler, amp, device, to_256, args.clip,
+                               args.heatmap_loss, args.heatmap_sigma)
             step += 1
             bar.update(1)
             if not math.isfinite(stats["loss"]):
@@ -1080,6 +1116,11 @@ def parse_args(argv=None):
                     help="softmax temperature tau (0: preset, 20 as TAPIR)")
     tr.add_argument("--frame-ids", default="", choices=("", "zx", "xz"),
                     help="frame vectors of (query, target); '' = preset 'zx'")
+    tr.add_argument("--heatmap-loss", type=float, default=0.0,
+                    help="weight of the cross-entropy of the cost softmax against a Gaussian at "
+                         "the GT (ours, not in the spec; 0: off, the spec's three terms)")
+    tr.add_argument("--heatmap-sigma", type=float, default=1.0,
+                    help="that Gaussian's sigma, in cells of the cost grid")
     tr.add_argument("--steps", type=int, default=100000)
     tr.add_argument("--batch-size", type=int, default=8, help="clips per GPU")
     tr.add_argument("--num-targets", type=int, default=4, help="target frames per clip")
