@@ -238,8 +238,20 @@ class DropMAETAP(dropmae.ViTEncoder):
         return {k: torch.cat([p[k] for p in parts], 1)[:, :Q] for k in parts[0]}
 
 
-def predicted_visible(occ_logit: torch.Tensor, expd_logit: torch.Tensor) -> torch.Tensor:
-    """Visible iff (1 - sigmoid(occ)) (1 - sigmoid(expd)) > 0.5 (`TN:postprocess_occlusions`)."""
+VISIBILITY_RULES = ("tapir", "occlusion")
+
+
+def predicted_visible(occ_logit: torch.Tensor, expd_logit: torch.Tensor,
+                      rule: str = "tapir") -> torch.Tensor:
+    """'tapir' (the spec's): visible iff (1 - sigmoid(occ)) (1 - sigmoid(expd)) > 0.5
+    (`TN:postprocess_occlusions`). 'occlusion' (TAP-Net's, which has no expected-distance
+    head): visible iff sigmoid(occ) < 0.5. The tapir rule also hides every point the model
+    expects to miss by more than 6 px, which for a weak tracker is nearly all of them (the
+    tiny table, README), while AJ counts a visible guess as a hit at the thresholds it meets."""
+    if rule == "occlusion":
+        return torch.sigmoid(occ_logit) < 0.5
+    if rule != "tapir":
+        raise ValueError(f"visibility rule {rule!r}: choose from {VISIBILITY_RULES}")
     return (1 - torch.sigmoid(occ_logit)) * (1 - torch.sigmoid(expd_logit)) > 0.5
 
 
@@ -861,7 +873,7 @@ def frames_to_tensor(video: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def track_queries(model: DropMAETAP, frames: torch.Tensor, query_points: np.ndarray,
                   mode: str = "strided", skip_unscored: bool = False, pair_batch: int = 8,
-                  amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  amp: bool = False, visibility: str = "tapir") -> tuple[np.ndarray, np.ndarray]:
     """Track every query through every frame.
 
     frames (T, 3, S, S) normalised; query_points (Q, 3) (t, y, x) raster pixels of the S x S
@@ -869,7 +881,7 @@ def track_queries(model: DropMAETAP, frames: torch.Tensor, query_points: np.ndar
     target frame), shared by all queries on that query frame (the passes never see other query
     points, so a query's output does not depend on the others). The query frame returns the
     query verbatim, visible. `skip_unscored` (mode 'first'): frames before the query frame are
-    not computed and get the query point, occluded.
+    not computed and get the query point, occluded. `visibility`: see `predicted_visible`.
     """
     device = next(model.parameters()).device
     T = frames.shape[0]
@@ -892,7 +904,7 @@ def track_queries(model: DropMAETAP, frames: torch.Tensor, query_points: np.ndar
             img_t = frames[chunk].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 out = model.forward_points(img_q, img_t, xy[None].expand(n, -1, -1), QUERY_CHUNK)
-            vis = predicted_visible(out["occ_logit"], out["expd_logit"])               # (n, Qq)
+            vis = predicted_visible(out["occ_logit"], out["expd_logit"], visibility)   # (n, Qq)
             tracks[idx[:, None], np.array(chunk)[None]] = out["points"].float().cpu().numpy().transpose(1, 0, 2)
             occluded[idx[:, None], np.array(chunk)[None]] = ~vis.cpu().numpy().T
     return tracks, occluded
@@ -972,10 +984,11 @@ def test(args) -> dict:
 
         def predict(frames, qp):
             return track_queries(model, frames, qp, args.query_mode, args.skip_unscored,
-                                 args.pair_batch, args.amp)
+                                 args.pair_batch, args.amp, args.visibility)
 
     result = run_tapvid(predict, videos, args.query_mode, args.output, size, args.dataset)
     result.update(dataset=args.dataset, ckpt=str(args.ckpt), baseline=args.baseline, size=size,
+                  visibility=None if args.baseline else args.visibility,
                   device=str(device))
     if args.kinetics_csv:
         result["csv_clips"] = kinetics_csv_count(args.kinetics_csv)
@@ -984,6 +997,8 @@ def test(args) -> dict:
     out = Path(args.output)
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     tag = f" [{size}x{size} input]" if size != EVAL_SIZE else ""
+    if not args.baseline and args.visibility != "tapir":
+        tag += f" [visibility: {args.visibility} rule]"
     print(summary_line(args.dataset, result, tiny) + tag
           + (f"  [{args.baseline} baseline]" if args.baseline else ""))
     return result
@@ -1151,6 +1166,9 @@ def parse_args(argv=None):
     te.add_argument("--size", type=int, default=0,
                     help="model input side (0: the checkpoint's; != 256 is another category)")
     te.add_argument("--pair-batch", type=int, default=8, help="target frames per forward pass")
+    te.add_argument("--visibility", default="tapir", choices=VISIBILITY_RULES,
+                    help="tapir (the spec's): (1 - s(occ))(1 - s(expd)) > 0.5; occlusion "
+                         "(TAP-Net's): s(occ) < 0.5, ignoring the expected-distance head")
     te.add_argument("--skip-unscored", action="store_true",
                     help="first mode: do not compute frames before the query frame")
     te.add_argument("--kinetics-csv", default="", help="tapvid_kinetics.csv, to print the count")

@@ -96,6 +96,10 @@ def test_visibility_rule():
     occ = torch.tensor([-5.0, 5.0, 0.0, -5.0])
     expd = torch.tensor([-5.0, -5.0, -5.0, 5.0])
     assert tap.predicted_visible(occ, expd).tolist() == [True, False, False, False]
+    # TAP-Net's rule reads the occlusion logit only: the far-but-visible entry stays visible
+    assert tap.predicted_visible(occ, expd, "occlusion").tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="visibility rule"):
+        tap.predicted_visible(occ, expd, "oracle")
 
 
 # ------------------------------------------------------------------------------ losses
@@ -531,6 +535,11 @@ def test_train_resume_and_test_commands(tmp_path):
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.npz")) == ["v0.npz", "v1.npz"]
     saved = json.loads((tmp_path / "pred" / "metrics.json").read_text())
     assert saved["n_videos"] == 2 and saved["mean"] == pytest.approx(result["mean"], nan_ok=True)
+    assert saved["visibility"] == "tapir"
+    tap.main(["test", "--dataset", "davis", "--query-mode", "first", "--trust-pickle", "--data-path",
+              str(tmp_path / "davis.pkl"), "--ckpt", str(run / "checkpoint-3.pth"),
+              "--output", str(tmp_path / "pred_occ"), "--visibility", "occlusion"])
+    assert json.loads((tmp_path / "pred_occ" / "metrics.json").read_text())["visibility"] == "occlusion"
     with pytest.raises(SystemExit, match=r"davis\.pkl.*--trust-pickle"):
         tap.main(["test", "--dataset", "davis", "--query-mode", "first", "--data-path",
                   str(tmp_path / "davis.pkl"), "--ckpt", str(run / "checkpoint-3.pth"),
