@@ -12,12 +12,15 @@ The file reads top to bottom along the data flow:
      the query frame's map, cosine cost against the target map, a 3x3-conv position head with a
      softmax at temperature tau and a soft-argmax in a local window, occlusion and expected-
      distance logits from the same hidden map;
-  2. the tapnet losses (Huber on visible points, occlusion BCE, expected-distance BCE);
+  2. the tapnet losses (Huber on visible points, occlusion BCE, expected-distance BCE), and
+     an optional heatmap cross-entropy (`--heatmap-loss`, ours: a deviation from specs/tap.md,
+     off by default, on in the tiny table's recipe);
   3. checkpoint import with the expected key list;
   4. data: the Kubric export layout (CoTracker's MOVi-F / CoTracker3_Kubric) and the TAP-Vid
      pickles (DAVIS, RGB-Stacking, Kinetics shards), both behind `--trust-pickle`;
   5. `train`: config, distributed init, data, model, optimizer, loop, atomic checkpoints;
-  6. `test`: every query through every frame, `<video>.npz` in eval/tapvid.py's layout, scores;
+  6. `test`: every query through every frame, `<video>.npz` in eval/tapvid.py's layout, scores
+     (`--visibility tapir`, the spec's rule, or `occlusion`, TAP-Net's: the tiny table's);
   7. `synthetic`: the synthetic world's point tracks (`data.World.tracks`) in both layouts.
 
 Coordinates (tapnet's raster convention, `TN:README` "A Note on Coordinates"): pixel (row i,
@@ -25,14 +28,15 @@ col j) has its centre at (x, y) = (j + 0.5, i + 0.5); queries are (t, y, x), tra
 The synthetic world puts pixel centres at (j, i), so its tracks get + 0.5 when written.
 
 Commands:
-    # tiny CPU run on the synthetic world (the tiny table's recipe: ~400 steps, minutes)
+    # tiny CPU run on the synthetic world (close to the tiny table's recipe, which also uses
+    # 96 clips and 128^2 TAP-Vid videos: reproduce/table_tap.py; ~1000 steps, minutes)
     python tasks/tap.py synthetic --out /tmp/tap_synth
     python tasks/tap.py train --model tiny --size 128 --stride 8 --trust-pickle \\
-        --data-path /tmp/tap_synth/kubric/train --steps 400 --batch-size 4 --num-queries 16 \\
-        --lr 1e-3 --backbone-mult 1 --warmup 30 --workers 1 --output runs/tap_tiny
+        --data-path /tmp/tap_synth/kubric/train --steps 1000 --batch-size 4 --num-queries 16 \\
+        --lr 2e-3 --backbone-mult 1 --warmup 30 --heatmap-loss 1 --workers 1 --output runs/tap_tiny
     python tasks/tap.py test --dataset davis --query-mode first --trust-pickle \\
-        --data-path /tmp/tap_synth/tapvid_davis/tapvid_davis.pkl \\
-        --ckpt runs/tap_tiny/checkpoint-400.pth --output runs/tap_tiny/davis_first
+        --data-path /tmp/tap_synth/tapvid_davis/tapvid_davis.pkl --visibility occlusion \\
+        --ckpt runs/tap_tiny/checkpoint-1000.pth --output runs/tap_tiny/davis_first
     python tasks/tap.py test ... --baseline zero-motion --output runs/tap_tiny/zero_first
 
     # the main recipe (specs/tap.md section 3): 8 GPUs x 8 clips x 4 targets, 100k steps, 256^2
