@@ -45,17 +45,17 @@ dict, Kinetics JPEG shards) in `<out>/data`. The banner says it loudly: tiny syn
 not comparable with the paper or with the other methods' numbers.
 
 Measured tiny table (2026-12-02, shared tiny backbones, seed 0; AJ / delta_avg / OA, tiny
-synthetic scale). No row beats zero motion: the tiny model learns to stay put on its 16-px
-cells and its expected-distance head then marks every point occluded (README: diagnosis and
-the variants tried on a held-out training-seed split):
+synthetic scale), with the tiny recipe's two deviations from the spec (the heatmap
+cross-entropy in training, TAP-Net's visibility rule at test; RECIPES and README). Every
+trained row beats zero motion in AJ and delta_avg:
     (row)               DAVIS first                    DAVIS strided              Kinetics first
-    No pre-training     0.0 / 20.2 / 5.0               0.0 / 25.0 / 5.4           0.0 / 20.1 / 5.0
-    MAE (1 frame)       0.0 / 19.4 / 5.0               0.0 / 24.6 / 5.4           0.0 / 19.8 / 5.0
-    TwinMAE             0.0 / 18.7 / 5.0               0.0 / 22.6 / 5.4           0.0 / 19.0 / 5.0
-    DropMAE             0.0 / 19.3 / 5.0               0.0 / 23.7 / 5.4           0.0 / 19.3 / 5.0
+    No pre-training     18.9 / 27.1 / 95.0             23.1 / 31.9 / 94.6         18.8 / 27.1 / 95.0
+    MAE (1 frame)       19.6 / 27.8 / 95.0             23.6 / 32.3 / 94.6         19.5 / 27.8 / 95.0
+    TwinMAE             21.5 / 30.1 / 95.0             25.9 / 35.0 / 94.6         21.6 / 30.2 / 95.0
+    DropMAE             22.0 / 30.6 / 95.0             26.3 / 35.3 / 94.6         22.0 / 30.6 / 95.0
     Zero motion         15.0 / 22.6 / 95.0             20.2 / 29.2 / 94.6         15.0 / 22.6 / 95.0
-27 min wall with the rows two at a time, 50 min of stage time, on the shared 2-core machine
-(load average 12-16); not an idle-machine figure.
+20.5 min wall in one process, the backbones cached, on the shared 2-core machine (load
+average 3-6); ~15 min idle (estimate). With the spec's loss and rule every row had AJ 0.0.
 """
 from __future__ import annotations
 
@@ -91,18 +91,25 @@ RECIPES = {
                                      "--warmup", "1000", "--save-every", "5000"],
                  workers=8, test_args=["--pair-batch", "16"], trust=False, tests=tuple(TESTS)),
     # tiny: the synthetic 128^2 clips at their own size, stride 8 (a 16x16 map, 8x8 tokens per
-    # frame); 16 queries per clip keep the per-query readout affordable on a CPU
-    "tiny": dict(steps=400, args=["--model", "tiny", "--size", "128", "--stride", "8",
-                                  "--batch-size", "4", "--num-targets", "4",
-                                  "--num-queries", "16", "--lr", "1e-3", "--backbone-mult", "1.0",
-                                  "--warmup", "30", "--save-every", "100", "--print-freq", "25"],
-                 workers=1, test_args=["--pair-batch", "11"], trust=True, tests=tuple(TESTS),
-                 data=dict(train_videos=24, val_videos=6, num_frames=12, tapvid_size=(128, 128),
+    # frame); 16 queries per clip keep the per-query readout affordable on a CPU. Two
+    # deviations from the spec, chosen on a held-out world stream (README): the heatmap
+    # cross-entropy (--heatmap-loss 1; the spec's three terms alone learn to stay put) and
+    # TAP-Net's visibility rule at test (--visibility occlusion; TAPIR's expected-distance rule
+    # hides nearly every point of a tracker this weak). 96 clips, 1000 steps, lr 2e-3.
+    "tiny": dict(steps=1000, args=["--model", "tiny", "--size", "128", "--stride", "8",
+                                   "--batch-size", "4", "--num-targets", "4",
+                                   "--num-queries", "16", "--lr", "2e-3", "--backbone-mult", "1.0",
+                                   "--warmup", "30", "--heatmap-loss", "1", "--save-every", "250",
+                                   "--print-freq", "25"],
+                 workers=1, test_args=["--pair-batch", "11", "--visibility", "occlusion"], trust=True,
+                 tests=tuple(TESTS),
+                 data=dict(train_videos=96, val_videos=6, num_frames=12, tapvid_size=(128, 128),
                            knobs={"speed": 0.03, "pan_speed": 0.012})),
     "smoke": dict(steps=2, args=["--model", "tiny", "--size", "32", "--batch-size", "2", "--num-targets", "2",
                                  "--num-queries", "8", "--lr", "1e-3", "--warmup", "1", "--save-every", "1",
-                                 "--print-freq", "1"],
-                  workers=0, test_args=["--pair-batch", "6"], trust=True, tests=("davis_first",),
+                                 "--heatmap-loss", "1", "--print-freq", "1"],
+                  workers=0, test_args=["--pair-batch", "6", "--visibility", "occlusion"], trust=True,
+                  tests=("davis_first",),
                   data=dict(train_videos=2, val_videos=2, num_frames=6, kubric_size=48, tapvid_size=(40, 24),
                             num_tracks=12, knobs={"speed": 0.03, "pan_speed": 0.012})),
 }

@@ -12,12 +12,15 @@ The file reads top to bottom along the data flow:
      the query frame's map, cosine cost against the target map, a 3x3-conv position head with a
      softmax at temperature tau and a soft-argmax in a local window, occlusion and expected-
      distance logits from the same hidden map;
-  2. the tapnet losses (Huber on visible points, occlusion BCE, expected-distance BCE);
+  2. the tapnet losses (Huber on visible points, occlusion BCE, expected-distance BCE), and
+     an optional heatmap cross-entropy (`--heatmap-loss`, ours: a deviation from specs/tap.md,
+     off by default, on in the tiny table's recipe);
   3. checkpoint import with the expected key list;
   4. data: the Kubric export layout (CoTracker's MOVi-F / CoTracker3_Kubric) and the TAP-Vid
      pickles (DAVIS, RGB-Stacking, Kinetics shards), both behind `--trust-pickle`;
   5. `train`: config, distributed init, data, model, optimizer, loop, atomic checkpoints;
-  6. `test`: every query through every frame, `<video>.npz` in eval/tapvid.py's layout, scores;
+  6. `test`: every query through every frame, `<video>.npz` in eval/tapvid.py's layout, scores
+     (`--visibility tapir`, the spec's rule, or `occlusion`, TAP-Net's: the tiny table's);
   7. `synthetic`: the synthetic world's point tracks (`data.World.tracks`) in both layouts.
 
 Coordinates (tapnet's raster convention, `TN:README` "A Note on Coordinates"): pixel (row i,
@@ -25,14 +28,15 @@ col j) has its centre at (x, y) = (j + 0.5, i + 0.5); queries are (t, y, x), tra
 The synthetic world puts pixel centres at (j, i), so its tracks get + 0.5 when written.
 
 Commands:
-    # tiny CPU run on the synthetic world (the tiny table's recipe: ~400 steps, minutes)
+    # tiny CPU run on the synthetic world (close to the tiny table's recipe, which also uses
+    # 96 clips and 128^2 TAP-Vid videos: reproduce/table_tap.py; ~1000 steps, minutes)
     python tasks/tap.py synthetic --out /tmp/tap_synth
     python tasks/tap.py train --model tiny --size 128 --stride 8 --trust-pickle \\
-        --data-path /tmp/tap_synth/kubric/train --steps 400 --batch-size 4 --num-queries 16 \\
-        --lr 1e-3 --backbone-mult 1 --warmup 30 --workers 1 --output runs/tap_tiny
+        --data-path /tmp/tap_synth/kubric/train --steps 1000 --batch-size 4 --num-queries 16 \\
+        --lr 2e-3 --backbone-mult 1 --warmup 30 --heatmap-loss 1 --workers 1 --output runs/tap_tiny
     python tasks/tap.py test --dataset davis --query-mode first --trust-pickle \\
-        --data-path /tmp/tap_synth/tapvid_davis/tapvid_davis.pkl \\
-        --ckpt runs/tap_tiny/checkpoint-400.pth --output runs/tap_tiny/davis_first
+        --data-path /tmp/tap_synth/tapvid_davis/tapvid_davis.pkl --visibility occlusion \\
+        --ckpt runs/tap_tiny/checkpoint-1000.pth --output runs/tap_tiny/davis_first
     python tasks/tap.py test ... --baseline zero-motion --output runs/tap_tiny/zero_first
 
     # the main recipe (specs/tap.md section 3): 8 GPUs x 8 clips x 4 targets, 100k steps, 256^2
@@ -238,8 +242,20 @@ class DropMAETAP(dropmae.ViTEncoder):
         return {k: torch.cat([p[k] for p in parts], 1)[:, :Q] for k in parts[0]}
 
 
-def predicted_visible(occ_logit: torch.Tensor, expd_logit: torch.Tensor) -> torch.Tensor:
-    """Visible iff (1 - sigmoid(occ)) (1 - sigmoid(expd)) > 0.5 (`TN:postprocess_occlusions`)."""
+VISIBILITY_RULES = ("tapir", "occlusion")
+
+
+def predicted_visible(occ_logit: torch.Tensor, expd_logit: torch.Tensor,
+                      rule: str = "tapir") -> torch.Tensor:
+    """'tapir' (the spec's): visible iff (1 - sigmoid(occ)) (1 - sigmoid(expd)) > 0.5
+    (`TN:postprocess_occlusions`). 'occlusion' (TAP-Net's, which has no expected-distance
+    head): visible iff sigmoid(occ) < 0.5. The tapir rule also hides every point the model
+    expects to miss by more than 6 px, which for a weak tracker is nearly all of them (the
+    tiny table, README), while AJ counts a visible guess as a hit at the thresholds it meets."""
+    if rule == "occlusion":
+        return torch.sigmoid(occ_logit) < 0.5
+    if rule != "tapir":
+        raise ValueError(f"visibility rule {rule!r}: choose from {VISIBILITY_RULES}")
     return (1 - torch.sigmoid(occ_logit)) * (1 - torch.sigmoid(expd_logit)) > 0.5
 
 
@@ -258,16 +274,41 @@ def huber(d2: torch.Tensor, delta: float = 4.0) -> torch.Tensor:
     return torch.where(d < delta, d2 / 2, delta * (d - delta / 2))
 
 
+def heatmap_target(gt_xy: torch.Tensor, shape: tuple[int, int], cell: float,
+                   sigma: float) -> torch.Tensor:
+    """A Gaussian of `sigma` cells around each GT point on the (h, w) cost grid, summing to 1.
+
+    gt_xy (B, Q, 2) raster pixels of the input; cell = input pixels per cell (the stride) ->
+    (B, Q, h, w). Cell (i, j) is centred at ((j + 0.5) cell, (i + 0.5) cell), the centres
+    `soft_argmax_window` uses, so the target's mean is the GT point (up to the grid's edges).
+    """
+    h, w = shape
+    ys = (torch.arange(h, device=gt_xy.device, dtype=torch.float32) + 0.5)[:, None]   # (h, 1)
+    xs = (torch.arange(w, device=gt_xy.device, dtype=torch.float32) + 0.5)[None]      # (1, w)
+    g = gt_xy.float() / cell                                                       # (B, Q, 2)
+    d2 = (xs - g[..., 0, None, None]) ** 2 + (ys - g[..., 1, None, None]) ** 2      # (B, Q, h, w)
+    logit = -d2 / (2 * sigma ** 2)
+    return logit.flatten(-2).softmax(-1).reshape(logit.shape)
+
+
 def tap_loss(out: dict, gt_xy: torch.Tensor, gt_occ: torch.Tensor, valid: torch.Tensor,
              to_256: float, position_weight: float = 0.05, huber_delta: float = 4.0,
-             expd_threshold: float = 6.0) -> tuple[torch.Tensor, dict]:
-    """The three tapnet terms, each averaged over all valid (pair, query) entries.
+             expd_threshold: float = 6.0, heatmap_weight: float = 0.0,
+             heatmap_sigma: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """The three tapnet terms, each averaged over all valid (pair, query) entries, plus an
+    optional fourth (ours, off by default: the spec's loss has three).
 
     out: `forward_points` output; gt_xy (B, Q, 2) raster pixels of the input; gt_occ (B, Q)
     bool; valid (B, Q) bool (padding queries are False); to_256 = 256 / input side.
     position: 0.05 x Huber(delta 4) on GT-visible entries; occlusion: BCE of occ_logit vs GT
     occluded; expected distance: BCE of expd_logit vs [d^2 > 6^2] on stop-gradient positions,
-    on GT-visible entries. -> (total, {name: float}).
+    on GT-visible entries.
+    heatmap (`heatmap_weight` > 0; a deviation from specs/tap.md, PIPs/CoTracker-style dense
+    supervision): cross-entropy of the full softmax over the cost grid (out['heatmap'], the
+    position logits x tau) against `heatmap_target` (a Gaussian of `heatmap_sigma` cells at the
+    GT point), on GT-visible entries. The soft-argmax only passes gradient to the cells within
+    its window around the argmax; this term reaches every cell, the GT's included.
+    -> (total, {name: float}).
     """
     valid = valid.float()
     n = valid.sum().clamp(min=1)
@@ -280,10 +321,19 @@ def tap_loss(out: dict, gt_xy: torch.Tensor, gt_occ: torch.Tensor, valid: torch.
     expected = (F.binary_cross_entropy_with_logits(out["expd_logit"], far, reduction="none")
                 * visible).sum() / n
     total = position + occlusion + expected
+    stats = {}
+    if heatmap_weight > 0:
+        logits = out["heatmap"].float()                                            # (B, Q, h, w)
+        cell = 256.0 / to_256 / logits.shape[-1]                                   # input px per cell
+        target = heatmap_target(gt_xy, logits.shape[-2:], cell, heatmap_sigma)
+        ce = -(target * logits.flatten(-2).log_softmax(-1).reshape(logits.shape)).sum((-2, -1))
+        heatmap = (ce * visible).sum() / n * heatmap_weight
+        total = total + heatmap
+        stats["heatmap"] = heatmap.item()
     with torch.no_grad():
         err = (torch.sqrt(d2) * visible).sum() / visible.sum().clamp(min=1)
     return total, {"loss": total.item(), "position": position.item(),
-                   "occlusion": occlusion.item(), "expected_dist": expected.item(),
+                   "occlusion": occlusion.item(), "expected_dist": expected.item(), **stats,
                    "err_px256": err.item()}
 
 
@@ -672,13 +722,14 @@ def param_groups(model: DropMAETAP, lr: float, backbone_mult: float, weight_deca
 
 
 def train_step(net, batch: dict, optimizer, scaler, amp: str, device, to_256: float,
-               grad_clip: float) -> dict:
+               grad_clip: float, heatmap_weight: float = 0.0, heatmap_sigma: float = 1.0) -> dict:
     """One optimisation step on B clips x K targets -> the loss terms."""
     img_q, img_t, qxy, gxy, gocc, valid = (x.to(device, non_blocking=True) for x in flatten_pairs(batch))
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     with torch.autocast(device.type, dtype=dtype, enabled=amp != "off"):
         out = net(img_q, img_t, qxy)
-    loss, stats = tap_loss(out, gxy, gocc, valid, to_256)
+    loss, stats = tap_loss(out, gxy, gocc, valid, to_256, heatmap_weight=heatmap_weight,
+                           heatmap_sigma=heatmap_sigma)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -773,7 +824,8 @@ def train(args) -> Path:
             lr = lr_at(step, args.lr, args.warmup, args.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            stats = train_step(net, batch, optimizer, scaler, amp, device, to_256, args.clip)
+            stats = train_step(net, batch, optimizer, scaler, amp, device, to_256, args.clip,
+                               args.heatmap_loss, args.heatmap_sigma)
             step += 1
             bar.update(1)
             if not math.isfinite(stats["loss"]):
@@ -825,7 +877,7 @@ def frames_to_tensor(video: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def track_queries(model: DropMAETAP, frames: torch.Tensor, query_points: np.ndarray,
                   mode: str = "strided", skip_unscored: bool = False, pair_batch: int = 8,
-                  amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  amp: bool = False, visibility: str = "tapir") -> tuple[np.ndarray, np.ndarray]:
     """Track every query through every frame.
 
     frames (T, 3, S, S) normalised; query_points (Q, 3) (t, y, x) raster pixels of the S x S
@@ -833,7 +885,7 @@ def track_queries(model: DropMAETAP, frames: torch.Tensor, query_points: np.ndar
     target frame), shared by all queries on that query frame (the passes never see other query
     points, so a query's output does not depend on the others). The query frame returns the
     query verbatim, visible. `skip_unscored` (mode 'first'): frames before the query frame are
-    not computed and get the query point, occluded.
+    not computed and get the query point, occluded. `visibility`: see `predicted_visible`.
     """
     device = next(model.parameters()).device
     T = frames.shape[0]
@@ -856,7 +908,7 @@ def track_queries(model: DropMAETAP, frames: torch.Tensor, query_points: np.ndar
             img_t = frames[chunk].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 out = model.forward_points(img_q, img_t, xy[None].expand(n, -1, -1), QUERY_CHUNK)
-            vis = predicted_visible(out["occ_logit"], out["expd_logit"])               # (n, Qq)
+            vis = predicted_visible(out["occ_logit"], out["expd_logit"], visibility)   # (n, Qq)
             tracks[idx[:, None], np.array(chunk)[None]] = out["points"].float().cpu().numpy().transpose(1, 0, 2)
             occluded[idx[:, None], np.array(chunk)[None]] = ~vis.cpu().numpy().T
     return tracks, occluded
@@ -936,10 +988,11 @@ def test(args) -> dict:
 
         def predict(frames, qp):
             return track_queries(model, frames, qp, args.query_mode, args.skip_unscored,
-                                 args.pair_batch, args.amp)
+                                 args.pair_batch, args.amp, args.visibility)
 
     result = run_tapvid(predict, videos, args.query_mode, args.output, size, args.dataset)
     result.update(dataset=args.dataset, ckpt=str(args.ckpt), baseline=args.baseline, size=size,
+                  visibility=None if args.baseline else args.visibility,
                   device=str(device))
     if args.kinetics_csv:
         result["csv_clips"] = kinetics_csv_count(args.kinetics_csv)
@@ -948,6 +1001,8 @@ def test(args) -> dict:
     out = Path(args.output)
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     tag = f" [{size}x{size} input]" if size != EVAL_SIZE else ""
+    if not args.baseline and args.visibility != "tapir":
+        tag += f" [visibility: {args.visibility} rule]"
     print(summary_line(args.dataset, result, tiny) + tag
           + (f"  [{args.baseline} baseline]" if args.baseline else ""))
     return result
@@ -1080,6 +1135,11 @@ def parse_args(argv=None):
                     help="softmax temperature tau (0: preset, 20 as TAPIR)")
     tr.add_argument("--frame-ids", default="", choices=("", "zx", "xz"),
                     help="frame vectors of (query, target); '' = preset 'zx'")
+    tr.add_argument("--heatmap-loss", type=float, default=0.0,
+                    help="weight of the cross-entropy of the cost softmax against a Gaussian at "
+                         "the GT (ours, not in the spec; 0: off, the spec's three terms)")
+    tr.add_argument("--heatmap-sigma", type=float, default=1.0,
+                    help="that Gaussian's sigma, in cells of the cost grid")
     tr.add_argument("--steps", type=int, default=100000)
     tr.add_argument("--batch-size", type=int, default=8, help="clips per GPU")
     tr.add_argument("--num-targets", type=int, default=4, help="target frames per clip")
@@ -1110,6 +1170,9 @@ def parse_args(argv=None):
     te.add_argument("--size", type=int, default=0,
                     help="model input side (0: the checkpoint's; != 256 is another category)")
     te.add_argument("--pair-batch", type=int, default=8, help="target frames per forward pass")
+    te.add_argument("--visibility", default="tapir", choices=VISIBILITY_RULES,
+                    help="tapir (the spec's): (1 - s(occ))(1 - s(expd)) > 0.5; occlusion "
+                         "(TAP-Net's): s(occ) < 0.5, ignoring the expected-distance head")
     te.add_argument("--skip-unscored", action="store_true",
                     help="first mode: do not compute frames before the query frame")
     te.add_argument("--kinetics-csv", default="", help="tapvid_kinetics.csv, to print the count")
