@@ -1713,6 +1713,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         pretrain(args)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()      # no rank tears gloo down while another still talks to it
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

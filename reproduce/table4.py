@@ -26,7 +26,7 @@ grows with the videos per epoch: about 160 h for MiT's 802k videos), plus per ba
 GOT-10k recipe (~6 h on 4 A100s) and DropSeg (210k iterations on 8 GPUs).
 
 Commands:
-    make table4                      # tiny synthetic scale, ~16 min on 2 cores (est.)
+    make table4                      # tiny synthetic scale, 11:30 measured at load 2-4 (K400 backbone cached)
     make table4 SMOKE=1              # smoke scale (the test suite's)
     NNODES=8 NPROC=8 NODE_RANK=<i> MASTER_ADDR=<node 0> python -m reproduce.table4 \\
         --k400 /data/k400/train --k600 /data/k600/train --k700 /data/k700/train \\
