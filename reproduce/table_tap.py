@@ -54,8 +54,8 @@ trained row beats zero motion in AJ and delta_avg:
     TwinMAE             21.5 / 30.1 / 95.0             25.9 / 35.0 / 94.6         21.6 / 30.2 / 95.0
     DropMAE             22.0 / 30.6 / 95.0             26.3 / 35.3 / 94.6         22.0 / 30.6 / 95.0
     Zero motion         15.0 / 22.6 / 95.0             20.2 / 29.2 / 94.6         15.0 / 22.6 / 95.0
-20.5 min wall in one process, the backbones cached, on the shared 2-core machine (load
-average 3-6); ~15 min idle (estimate). With the spec's loss and rule every row had AJ 0.0.
+7:14 wall on an idle 2-core machine with the default --jobs 2 and the backbones cached
+(20.5 min in one process at load 3-6). With the spec's loss and rule every row had AJ 0.0.
 """
 from __future__ import annotations
 
