@@ -36,9 +36,9 @@ or 2 x 4 h on 8; the Sintel (1,041 x 2 pairs, 90 tiles each at overlap 0.9) and 
 `make bench-flow` measures the speed on the machine at hand.
 
 Commands:
-    make table-flow              # tiny synthetic scale on a CPU (8.5 min measured on 2 shared
-                                 # cores at load ~7 with OMP_NUM_THREADS=1, the shared tiny
-                                 # backbones given with --backbones, not counted)
+    make table-flow              # tiny synthetic scale on a CPU (1:54 measured on 2 idle cores
+                                 # with --jobs 2, the tiny backbones cached by make table1;
+                                 # 8.5 min in one process at load ~7)
     make table-flow SMOKE=1      # smoke scale (the test suite's, with two rows)
     # full scale (8 GPUs on one node: NPROC=8); backbones: DropMAE / TwinMAE / MAE files
     NPROC=8 python -m reproduce.table_flow --chairs /data/FlyingChairs_release \\
@@ -54,7 +54,7 @@ tiny backbones of reproduce/pipeline.py. Deviation from specs/flow.md (tiny and 
 spec's optional local correlation is on (`--corr-radius 1`), and its soft-argmax matching flow
 is added to the head's (`--corr-match`, ours, GMFlow-style); without them the tiny model stays
 at zero flow on held-out worlds (reproduce/flow_probe.py, README "Optical flow"). Measured
-2026-12-02 (tiny synthetic scale; EPE, Fl-all %; 8.5 min on 2 shared cores, backbones given):
+2026-12-02 (tiny synthetic scale; EPE, Fl-all %; 1:54 on 2 idle cores, backbones cached):
     | row                  | Chairs val | Sintel clean | Sintel final | KITTI EPE | KITTI Fl-all |
     | No pre-training      | 4.854      | 4.075        | 4.074        | 4.232     | 60.72        |
     | MAE (1 frame) K400   | 4.794      | 4.064        | 4.070        | 4.156     | 61.72        |
