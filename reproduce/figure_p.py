@@ -17,7 +17,7 @@ A100s, Table 1's 400-epoch rows; the paper does not say which schedule its ablat
 per backbone the GOT-10k recipe (~6 h on 4 A100s) and DropSeg (210k iterations on 8 GPUs).
 
 Commands:
-    make figure-p                    # tiny synthetic scale, 43 min measured at load 5-8, ~19 idle (est. from CPU time)
+    make figure-p                    # tiny synthetic scale, 15:31 measured idle after make table1
     make figure-p SMOKE=1            # smoke scale (the test suite's)
     NPROC=8 python -m reproduce.figure_p --k400 /data/k400/train --got10k /data/got10k \\
         --davis /data/DAVIS2017 --ytvos /data/YouTubeVOS2019 --out runs/figure_p
