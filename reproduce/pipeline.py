@@ -486,13 +486,13 @@ class JobConsole:
     terminal one live line under them shows every running stage's percentage."""
 
     def __init__(self, board: "JobBoard", job: int):
-        self.board, self.job, self.verbose, self.label, self.tic = board, job, False, "", 0.0
+        self.board, self.job, self.verbose, self.label = board, job, False, ""
 
     def say(self, text: str):
         self.board.say(text)
 
     def begin(self, label: str):
-        self.label, self.tic = label, time.time()
+        self.label = label
         self.board.update(self.job, label, 0.0, announce=True)
 
     def progress(self, fraction: float):
@@ -1050,7 +1050,7 @@ class SeedRun:
         path = self.result_path(row, stage.name)
         label = f"{label} {stage.name}"
         if self.table_run.stopping.is_set():             # --jobs: another job hit --stop-after
-            raise StopRequested(self.table_run.stopping.reason)
+            raise StopRequested(self.table_run.stop_reason)
         if path.is_file():
             self.console.say(f"{label}: done before, skipped")
             log_event(self.table_run.out, seed=self.seed, row=row.id, stage=stage.name, event="skip-done")
@@ -1071,9 +1071,9 @@ class SeedRun:
             self.console.end(f"done in {_clock(seconds)}  {_summary(result)}".rstrip())
         stop = self.table_run.stop_after
         if stop in (stage.name, f"{row.id}/{stage.name}", f"seed{self.seed}/{row.id}/{stage.name}"):
-            self.table_run.stopping.reason = f"--stop-after {stop}: stopped after seed {self.seed} {row.id}/{stage.name}"
+            self.table_run.stop_reason = f"--stop-after {stop}: stopped after seed {self.seed} {row.id}/{stage.name}"
             self.table_run.stopping.set()
-            raise StopRequested(self.table_run.stopping.reason)
+            raise StopRequested(self.table_run.stop_reason)
 
     def skip_reason(self, row: Row) -> str | None:
         """Why a row cannot run here (missing data or weights, unsupported conversion), or None."""
@@ -1144,8 +1144,7 @@ class TableRun:
         self.heldout = None
         self.jobs = 1 if verbose else max(1, int(jobs))
         self.active = 0                                  # --jobs: rows running now
-        self.stopping = threading.Event()
-        self.stopping.reason = ""
+        self.stopping, self.stop_reason = threading.Event(), ""        # --jobs: why every job stops
 
     def job_env(self) -> dict:
         """The thread settings of a stage's command under --jobs: the cores shared by the rows
@@ -1251,7 +1250,7 @@ class TableRun:
                 try:
                     f.result()
                 except BaseException as err:                 # noqa: BLE001 - re-raised below
-                    self.stopping.reason = self.stopping.reason or f"stopped: {err}"
+                    self.stop_reason = self.stop_reason or f"stopped: {err}"
                     self.stopping.set()                      # the other jobs stop at their next stage
                     errors.append(err)
         stops = [e for e in errors if isinstance(e, StopRequested)]
@@ -1259,7 +1258,7 @@ class TableRun:
         if others:
             raise others[0]
         if stops:
-            raise StopRequested(self.stopping.reason)
+            raise StopRequested(self.stop_reason)
         return {seed: {rid: futures[(seed, rid)].result() for s, rid in futures if s == seed} for seed in self.seeds}
 
 

@@ -314,8 +314,8 @@ class DropMAEFlow(dropmae.ViTEncoder):
         cfg = self.flow_cfg
         if not cfg.corr_radius:
             return self.head(maps)
-        f1, f2 = (t.transpose(1, 2).reshape(B, -1, *grid) for t in (feats[-1][:, :n], feats[-1][:, n:]))
-        corr = local_correlation(f1, f2, cfg.corr_radius, cfg.corr_groups)  # (B, G (2r+1)^2, h, w)
+        f2 = feats[-1][:, n:].transpose(1, 2).reshape(B, -1, *grid)             # frame 2, last hook
+        corr = local_correlation(maps[3], f2, cfg.corr_radius, cfg.corr_groups)  # (B, G (2r+1)^2, h, w)
         maps[2] = torch.cat([maps[2], corr], 1)
         out = self.head(maps)
         if not cfg.corr_match:
@@ -323,7 +323,6 @@ class DropMAEFlow(dropmae.ViTEncoder):
         match = soft_argmax(corr, cfg.corr_radius, self.patch_embed.patch_size)  # (B, 2, h, w) px
         match = F.interpolate(match, size=(H, W), mode="bilinear", align_corners=False)
         return torch.cat([out[:, :2] + match, out[:, 2:]], 1)
-        return self.head(maps)
 
 
 def build_model(name: str = "base", **overrides) -> DropMAEFlow:
