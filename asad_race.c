@@ -34,6 +34,9 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define GAMMA 0x9e3779b97f4a7c15ULL
 #define RACE_STRIDE 17
@@ -336,4 +339,37 @@ int asad_rows(const float *lg, int64_t L, int64_t K, uint64_t seed, int upto, in
     free(w);
     scratch_free(&sc);
     return 0;
+}
+
+/* 1 when built with OpenMP: the *_par entries below then run on the process's OpenMP threads.
+ * The library is linked against libgomp.so.1, which resolves to the copy torch has already
+ * loaded, so these are torch's own intra-op threads: the ones that spin for a while after each
+ * torch op and would otherwise compete with threads of our own for the cores. */
+int race_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* race_rows / asad_rows over matrices 0..M-1 split into `threads` equal ranges, one per
+ * OpenMP thread (serially without OpenMP); each matrix's draw depends on the seed and its
+ * index only, so the split does not change the result. Returns 0, or -1 when out of memory. */
+int race_rows_par(const float *w, int64_t n, int64_t K, const double *t, uint64_t seed,
+                  int64_t M, int threads, int64_t *out) {
+    int err = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|:err)
+    for (int i = 0; i < threads; i++)
+        err |= race_rows(w, n, K, t, seed, M * i / threads, M * (i + 1) / threads, out);
+    return err;
+}
+
+int asad_rows_par(const float *lg, int64_t L, int64_t K, uint64_t seed, int upto, int64_t M,
+                  int threads, int64_t *out) {
+    int err = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(|:err)
+    for (int i = 0; i < threads; i++)
+        err |= asad_rows(lg, L, K, seed, upto, M * i / threads, M * (i + 1) / threads, out);
+    return err;
 }

@@ -244,7 +244,13 @@ def asad_weights(attn: torch.Tensor) -> torch.Tensor:
 
 
 RACE_KERNEL = True     # False: the torch ops path on the CPU too (tests compare the two)
-RACE_KERNEL_FLAGS = (["-O3", "-march=native"], ["-O3"])     # tried in order
+RACE_KERNEL_FLAGS = (                                          # tried in order
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"],  # x86: 512-bit loops
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-fopenmp"],
+    ["-O3", "-march=native"],                                  # no OpenMP: Python threads
+    ["-O3"],
+)
 _KERNEL: dict = {}
 
 
@@ -285,6 +291,9 @@ def _race_kernel():
         i64, u64, ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p
         lib.race_rows.argtypes = [ptr, i64, i64, ptr, u64, i64, i64, ptr]
         lib.asad_rows.argtypes = [ptr, i64, i64, u64, ctypes.c_int, i64, i64, ptr]
+        lib.race_rows_par.argtypes = [ptr, i64, i64, ptr, u64, i64, ctypes.c_int, ptr]
+        lib.asad_rows_par.argtypes = [ptr, i64, i64, u64, ctypes.c_int, i64, ctypes.c_int, ptr]
+        lib.openmp = bool(lib.race_openmp())
         _KERNEL["lib"] = lib
         break
     return _KERNEL["lib"]
@@ -304,21 +313,35 @@ def _kernel_seed(generator) -> int:
     return int(torch.empty((), dtype=torch.int64).random_(-2 ** 63, None, generator=generator)) % 2 ** 64
 
 
-def _kernel_run(fn, rows: int, *args):
-    """fn(*args, m0, m1, out) over row ranges [m0, m1) split among torch's threads (ctypes
-    releases the GIL). The draw of each row depends on the seed and the row only, not on the
-    split, so every thread count gives the same result."""
+def _kernel_run(lib, name: str, rows: int, *args):
+    """lib.<name>(*args, m0, m1, out) over row ranges [m0, m1) split among torch's threads.
+    Built with OpenMP, the kernel splits them itself (`<name>_par`) on the OpenMP threads that
+    torch's libgomp already runs; otherwise this thread takes the first range and the threads
+    of `_kernel_pool` the others (ctypes releases the GIL). The draw of each row depends on the
+    seed and the row only, not on the split, so every thread count gives the same result."""
     threads = min(torch.get_num_threads(), rows)
-    cuts = [rows * i // threads for i in range(threads + 1)]
-    calls = [(*args[:-1], cuts[i], cuts[i + 1], args[-1]) for i in range(threads)]
-    if threads == 1:
-        codes = [fn(*calls[0])]
+    if lib.openmp:
+        codes = [getattr(lib, name + "_par")(*args[:-1], rows, threads, args[-1])]
     else:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(threads) as pool:
-            codes = list(pool.map(lambda a: fn(*a), calls))
+        fn = getattr(lib, name)
+        cuts = [rows * i // threads for i in range(threads + 1)]
+        calls = [(*args[:-1], cuts[i], cuts[i + 1], args[-1]) for i in range(threads)]
+        others = [_kernel_pool(threads - 1).submit(fn, *a) for a in calls[1:]] if threads > 1 else []
+        codes = [fn(*calls[0])] + [f.result() for f in others]
     if any(codes):
         raise MemoryError("asad_race.c: out of memory")
+
+
+def _kernel_pool(workers: int):
+    """A thread pool of `workers` threads kept between calls (a decoder layer makes one call
+    per block of the batch; starting threads anew for each cost ~1.5 ms a call, a third of the
+    draw at batch 8 on 2 cores), made anew after a fork or a change of size."""
+    from concurrent.futures import ThreadPoolExecutor
+    key = (os.getpid(), workers)
+    if _KERNEL.get("pool_key") != key:
+        _KERNEL["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="asad")
+        _KERNEL["pool_key"] = key
+    return _KERNEL["pool"]
 
 
 RACE_LEVELS = 256      # resolution of the coarse uniforms that pre-filter the race (one byte)
@@ -398,7 +421,7 @@ def race_top_k(w: torch.Tensor, k: int, generator: torch.Generator | None = None
         w = w.detach().float().contiguous()
         tt = None if t is None else t.detach().double().contiguous()
         out = torch.empty(M, k, dtype=torch.long)
-        _kernel_run(lib.race_rows, M, w.data_ptr(), n, k, None if tt is None else tt.data_ptr(),
+        _kernel_run(lib, "race_rows", M, w.data_ptr(), n, k, None if tt is None else tt.data_ptr(),
                     _kernel_seed(generator), out.data_ptr())
         return out
     t = race_threshold(w, k) if t is None else t                              # (M,)
@@ -526,7 +549,7 @@ def _kernel_drops(lib, logits: torch.Tensor, k: int, seed: int, upto: int = 6,
     lg = logits.detach().reshape(-1, L, L).float().contiguous()
     res = out if out is not None and out.is_contiguous() else \
         torch.empty(logits.shape[:-2] + (k,), dtype=torch.long)
-    _kernel_run(lib.asad_rows, lg.shape[0], lg.data_ptr(), L, k, seed, upto, res.data_ptr())
+    _kernel_run(lib, "asad_rows", lg.shape[0], lg.data_ptr(), L, k, seed, upto, res.data_ptr())
     return res if out is None or out is res else out.copy_(res)
 
 
@@ -549,16 +572,27 @@ def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None 
 ASAD_CPU_KERNEL = True     # False: the CPU takes the generic path too (tests compare the two)
 
 
-def _attend(q, k, v, mask, scale):
-    """softmax(q k^T * scale + mask) v for one block, (b, heads, N, hd) -> (out, logsumexp).
+def _attend(q, k, v, logits, idx, scale, probs=None):
+    """softmax(q k^T * scale, -inf at the drops idx) v for one block, (b, heads, N, hd) ->
+    (out, logsumexp), where `logits` holds q k^T * scale and is overwritten.
 
-    CPU: the flash-attention kernel that SDPA itself picks there, called directly so that its
-    logsumexp can be kept for backward. Elsewhere: SDPA, which picks its own backend (memory-
-    efficient with a mask on a GPU); logsumexp None, and backward recomputes the block.
+    CPU: the official explicit form, since the logits are already computed for the draw: -inf
+    written at the drops in place, one fused softmax into `probs` (a reused buffer), then
+    probs @ v; the logsumexp that the CPU flash kernel's backward needs is m - log(max_j P),
+    m the masked row max (P's largest entry is at least 1 / N, so its log is as accurate as a
+    logsumexp). This forward costs about half the flash kernel with a float mask at ViT-B.
+    Elsewhere: `logits` becomes the additive mask (0, -inf at the drops) of SDPA, which picks
+    its own backend (memory-efficient with a mask on a GPU); logsumexp None, and backward
+    recomputes the block.
     """
+    N = logits.shape[-1]
     if q.device.type == "cpu" and ASAD_CPU_KERNEL:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+        logits.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
+        p = torch.softmax(logits, dim=-1, out=probs)
+        lse = logits.amax(-1).sub_(p.amax(-1).log_())
+        return torch.matmul(p, v), lse
+    mask = logits.zero_()
+    mask.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), None
 
 
@@ -601,13 +635,13 @@ class ASADAttention(torch.autograd.Function):
         lse = []
         drops = torch.empty(B, H, asad_num_drops(N, p), dtype=torch.int32, device=q.device)
         blocks = _blocks(B, 4 * H * N * N, q.device)
-        buf = q.new_empty(blocks[0].stop - blocks[0].start, H, N, N)         # logits, then mask
+        buf = q.new_empty(blocks[0].stop - blocks[0].start, H, N, N)         # the logits
+        probs = torch.empty_like(buf) if q.device.type == "cpu" and ASAD_CPU_KERNEL else None
         for s in blocks:
-            logits = torch.matmul(q[s], k[s].transpose(-2, -1), out=buf[:s.stop - s.start])
+            b = s.stop - s.start
+            logits = torch.matmul(q[s], k[s].transpose(-2, -1), out=buf[:b])
             idx = asad_drop_indices(logits.mul_(scale), p)                      # (b, H, K)
-            mask = logits.zero_()
-            mask.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
-            o, l = _attend(q[s], k[s], v[s], mask, scale)
+            o, l = _attend(q[s], k[s], v[s], logits, idx, scale, None if probs is None else probs[:b])
             out[s] = o
             lse.append(l)
             drops[s] = idx
