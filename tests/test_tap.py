@@ -139,7 +139,7 @@ def test_loss_falls_and_identical_frames_track_to_within_one_cell():
     occ, valid = torch.zeros(1, 16, dtype=torch.bool), torch.ones(1, 16, dtype=torch.bool)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(80):
         loss, _ = tap.tap_loss(model.forward_points(img, img, qxy), qxy, occ, valid, 4.0)
         opt.zero_grad()
         loss.backward()
