@@ -618,8 +618,9 @@ class ASADAttention(torch.autograd.Function):
     """softmax(q k^T * scale, -inf at ASAD's drops) v, the drops drawn from the same logits.
 
     q, k, v: (B, heads, N, hd) -> (B, heads, N, hd). Block by block over the batch, the logits
-    are computed once into one reused buffer, serve the draw, and the buffer then becomes the
-    additive mask (0, and -inf at the drops) of the same fused attention kernel SDPA uses. For
+    are computed once into one reused buffer and serve the draw; then (`_attend`) on a CPU the
+    explicit masked softmax is taken on them in place, elsewhere the buffer becomes the
+    additive mask (0, and -inf at the drops) of SDPA. For
     backward only the drop indices are kept (K int32 per (sample, head): 3.8 MB per ViT-B
     decoder layer at batch 8) besides what SDPA keeps (q, k, v, output, logsumexp); backward
     rebuilds the mask one block at a time in one reused buffer. (SDPA with an additive float
