@@ -34,9 +34,6 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define GAMMA 0x9e3779b97f4a7c15ULL
 #define RACE_STRIDE 17

@@ -263,7 +263,9 @@ def _race_kernel():
     torch ops path runs instead (the same algorithm and law, other random numbers), when there
     is no compiler, the build fails, or DROPMAE_KERNEL=0. It computes, per (sample, head), the
     steps of `asad_weights`, `race_threshold` and `race_top_k` in one pass over the logits, with
-    a counter-based generator seeded from torch's (the argument is in the file's header)."""
+    a counter-based generator seeded from torch's (the argument is in the file's header).
+    RACE_KERNEL_FLAGS are tried in order: first with OpenMP, so that `_kernel_run` splits the
+    matrices on torch's own OpenMP threads, then without (Python threads instead)."""
     if "lib" in _KERNEL:
         return _KERNEL["lib"]
     _KERNEL["lib"] = None
@@ -572,6 +574,11 @@ def asad_mask(logits: torch.Tensor, p: float, generator: torch.Generator | None 
 ASAD_CPU_KERNEL = True     # False: the CPU takes the generic path too (tests compare the two)
 
 
+def _explicit_forward(q: torch.Tensor) -> bool:
+    """Whether `_attend` takes the explicit CPU form (and so needs a `probs` buffer)."""
+    return q.device.type == "cpu" and ASAD_CPU_KERNEL
+
+
 def _attend(q, k, v, logits, idx, scale, probs=None):
     """softmax(q k^T * scale, -inf at the drops idx) v for one block, (b, heads, N, hd) ->
     (out, logsumexp), where `logits` holds q k^T * scale and is overwritten.
@@ -585,14 +592,14 @@ def _attend(q, k, v, logits, idx, scale, probs=None):
     its own backend (memory-efficient with a mask on a GPU); logsumexp None, and backward
     recomputes the block.
     """
-    N = logits.shape[-1]
-    if q.device.type == "cpu" and ASAD_CPU_KERNEL:
-        logits.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
+    flat = _flat_drops(idx, logits.shape[-1] ** 2)
+    if _explicit_forward(q):
+        logits.view(-1).index_fill_(0, flat, float("-inf"))
         p = torch.softmax(logits, dim=-1, out=probs)
         lse = logits.amax(-1).sub_(p.amax(-1).log_())
         return torch.matmul(p, v), lse
     mask = logits.zero_()
-    mask.view(-1).index_fill_(0, _flat_drops(idx, N * N), float("-inf"))
+    mask.view(-1).index_fill_(0, flat, float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), None
 
 
@@ -637,7 +644,7 @@ class ASADAttention(torch.autograd.Function):
         drops = torch.empty(B, H, asad_num_drops(N, p), dtype=torch.int32, device=q.device)
         blocks = _blocks(B, 4 * H * N * N, q.device)
         buf = q.new_empty(blocks[0].stop - blocks[0].start, H, N, N)         # the logits
-        probs = torch.empty_like(buf) if q.device.type == "cpu" and ASAD_CPU_KERNEL else None
+        probs = torch.empty_like(buf) if _explicit_forward(q) else None
         for s in blocks:
             b = s.stop - s.start
             logits = torch.matmul(q[s], k[s].transpose(-2, -1), out=buf[:b])

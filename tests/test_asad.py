@@ -413,7 +413,8 @@ def test_kernel_agrees_with_the_torch_path():
 def test_kernel_draw_does_not_depend_on_the_thread_count(monkeypatch, openmp):
     """The kernel splits the matrices among torch's threads (its OpenMP ones, or Python threads
     where it is built without OpenMP); each matrix's draw depends only on the seed and its
-    place, so 1, 2 and 3 threads give identical drops, with either way of splitting."""
+    place, so 1, 2 and 3 threads give identical drops, with either way of splitting (the
+    parameter False runs the Python threads alone)."""
     lib = dropmae._race_kernel()
     if lib is None:
         pytest.skip("no C compiler: the fused kernel is not built")
@@ -426,9 +427,9 @@ def test_kernel_draw_does_not_depend_on_the_thread_count(monkeypatch, openmp):
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            draws.append(dropmae.asad_drop_indices(logits, 0.2, torch.Generator().manual_seed(3)))
+            for split in (openmp, False):                                    # and Python threads
+                monkeypatch.setattr(lib, "openmp", split)
+                draws.append(dropmae.asad_drop_indices(logits, 0.2, torch.Generator().manual_seed(3)))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
-    monkeypatch.setattr(lib, "openmp", not openmp)                           # the other split
-    assert torch.equal(draws[0], dropmae.asad_drop_indices(logits, 0.2, torch.Generator().manual_seed(3)))
+    assert all(torch.equal(draws[0], d) for d in draws[1:])
