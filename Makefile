@@ -57,7 +57,7 @@ table-tap: $(STAMP)
 	$(PYTHON) -m reproduce.table_tap $(if $(filter 1,$(SMOKE)),--smoke) $(ARGS)
 
 # Benchmarks: ratios measured side by side in one run; never timed tests. QUICK=1: the short
-# variant of bench-pretrain (the full one: 7.5 min on an idle 2-core machine, 2026-12-02); CPU_TIME=1 times it in CPU
+# variant of bench-pretrain (the full one: 5:42 on an idle 2-core machine, 2026-12-02); CPU_TIME=1 times it in CPU
 # seconds of one thread (for a shared machine; run it with OMP_NUM_THREADS=1). bench-flow and bench-3d (ViT-B
 # on a CPU: long) and bench-gpu (CUDA only) run on their own.
 bench: bench-pretrain bench-eval bench-vot bench-tap
